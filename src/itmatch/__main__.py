@@ -1,0 +1,3 @@
+from itmatch.cli import main
+
+raise SystemExit(main())
