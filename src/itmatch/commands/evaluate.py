@@ -1,0 +1,87 @@
+"""``itmatch evaluate``: Recall@K (and modality-invariance metrics) of a run or of saved embeddings."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from itmatch.commands._common import INVARIANCE_KEYS, RECALL_KEYS, add_data_arguments, eprint, format_metrics_table
+from itmatch.errors import ItmatchError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", nargs="?", help="run folder (or checkpoint file) to evaluate")
+    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run's checkpoints/")
+    p.add_argument("--split", default="test", help="split to score (default: test)")
+    add_data_arguments(p)
+    p.add_argument("--image-emb", metavar="IMAGES.npy", help="N x d image embeddings saved by any model")
+    p.add_argument("--text-emb", metavar="TEXTS.npy", help="5N x d caption embeddings, caption rows in image order")
+    p.add_argument("--protocol", default="1k", choices=["1k", "5fold1k", "5k", "all", "5fold"],
+                   help="1k/5k/all: all images of the split; 5fold1k: mean over 5 folds (MSCOCO 1K)")
+    p.add_argument("--no-invariance", action="store_true", help="skip the modality-invariance metrics")
+    p.add_argument("--save-emb", metavar="PREFIX", help="also save PREFIX_images.npy and PREFIX_texts.npy")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+
+
+def _load_embeddings(path: str, what: str) -> torch.Tensor:
+    p = Path(path)
+    if not p.is_file():
+        raise ItmatchError(f"{what} file {p} does not exist")
+    try:
+        arr = np.load(p, mmap_mode="r")
+    except Exception as exc:
+        raise ItmatchError(f"{what} file {p} is not a .npy array: {exc}") from exc
+    if arr.ndim != 2:
+        raise ItmatchError(f"{what} file {p}: expected a 2-D array, got shape {arr.shape}")
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+
+
+def run(args: argparse.Namespace) -> int:
+    from itmatch.evaluation.recall import evaluate_embeddings
+
+    if (args.image_emb is None) != (args.text_emb is None):
+        raise ItmatchError("--image-emb and --text-emb go together")
+    if args.image_emb is not None:
+        if args.run:
+            raise ItmatchError("give either a run or --image-emb/--text-emb, not both")
+        im = _load_embeddings(args.image_emb, "--image-emb")
+        tx = _load_embeddings(args.text_emb, "--text-emb")
+        if im.shape[1] != tx.shape[1]:
+            raise ItmatchError(f"embedding sizes differ: images {tuple(im.shape)}, texts {tuple(tx.shape)}")
+        source = f"{args.image_emb} + {args.text_emb}"
+    elif args.run:
+        from itmatch.inference import Matcher
+        from itmatch.training.data import load_split
+
+        matcher = Matcher.from_run(args.run, args.checkpoint)
+        data_cfg = dict(matcher.config["data"])
+        for flag, key in (("format", "format"), ("data", "path"), ("image_root", "image_root")):
+            if getattr(args, flag):
+                data_cfg[key] = getattr(args, flag)
+        corpus = load_split(data_cfg, args.split)
+        im, tx = matcher.embed_corpus(corpus, progress=not args.json)
+        source = f"{args.run} ({matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
+    else:
+        raise ItmatchError("nothing to evaluate: give a run folder or --image-emb/--text-emb")
+
+    metrics = evaluate_embeddings(im, tx, protocol=args.protocol)
+    if not args.no_invariance:
+        from itmatch.evaluation.invariance import invariance_metrics
+
+        metrics.update(invariance_metrics(im, tx))
+    if args.save_emb:
+        np.save(f"{args.save_emb}_images.npy", im.numpy())
+        np.save(f"{args.save_emb}_texts.npy", tx.numpy())
+    if args.json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        eprint(f"{source}: {len(im)} images, {len(tx)} captions, protocol {args.protocol}")
+        print(format_metrics_table({"recall": metrics}, RECALL_KEYS))
+        if not args.no_invariance:
+            print()
+            print(format_metrics_table({"invariance": metrics}, INVARIANCE_KEYS[:3]))
+    return 0

@@ -1,0 +1,53 @@
+"""``itmatch train``: train a recipe and write a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from itmatch.commands._common import add_data_arguments, data_overrides, eprint
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="vsepp", help="recipe name in configs/ (vsepp, miie, ...) or a YAML path")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)")
+    add_data_arguments(p)
+    p.add_argument("--val-split", help="split used for model selection (default: hold out data.val_holdout train images)")
+    p.add_argument("--seed", type=int, help="random seed (overrides the recipe's)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set training.batch_size=64 --set stages.1.epochs=3")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--init-from", metavar="RUN", help="start from another run's best checkpoint (weights and vocabulary)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itmatch.training.config import load_config
+    from itmatch.training.trainer import train
+
+    cfg = None
+    if not args.resume:
+        overrides = data_overrides(args) + list(args.overrides)
+        if args.val_split:
+            overrides.append(f"data.val_split={args.val_split}")
+        if args.seed is not None:
+            overrides.append(f"seed={args.seed}")
+        cfg = load_config(args.config, overrides)
+
+    def log(record: dict) -> None:
+        if args.quiet or "val/rsum" not in record:
+            return
+        eprint(
+            f"[{record['stage']} epoch {record['epoch']}] rsum {record['val/rsum']:.1f}  "
+            f"i2t R@1 {record['val/i2t_r1']:.1f}  t2i R@1 {record['val/t2i_r1']:.1f}  "
+            f"probe {record['val/probe_acc']:.1f}%  D {record['val/classifier_acc']:.1f}%"
+            + ("  (best)" if record.get("best") else "")
+        )
+
+    summary = train(cfg, Path(args.out), resume=args.resume, init_from=args.init_from, progress=not args.quiet, log=log)
+    best = summary["best"]
+    if best:
+        eprint(f"done: best rsum {best['val/rsum']:.1f} at {best['stage']} epoch {best['epoch']}; run in {args.out}")
+    else:
+        eprint(f"done: run in {args.out}")
+    return 0

@@ -1,0 +1,113 @@
+"""A trained run as a matcher: embed sentences and photos into its joint space.
+
+This is what evaluation, the search index and the HTTP service use; it never imports the
+training loop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from itmatch.data import Corpus
+from itmatch.errors import ItmatchError
+from itmatch.models import JointModel, build_model
+from itmatch.models.text_processing import TextProcessor, make_text_processor
+from itmatch.training.checkpoint import load_checkpoint
+
+
+def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
+    """``run`` is a run folder (then ``checkpoint`` is ``best``/``last`` or a file name) or a file."""
+    p = Path(run)
+    if p.is_file():
+        return p
+    if not p.is_dir():
+        raise ItmatchError(f"run {p} does not exist (expected a run folder or a checkpoint file)")
+    name = checkpoint if checkpoint.endswith(".pt") else f"{checkpoint}.pt"
+    path = p / "checkpoints" / name
+    if not path.is_file():
+        raise ItmatchError(f"run {p} has no checkpoint {name} (looked for {path})")
+    return path
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Matcher:
+    """A trained model with its text processor, ready to embed sentences, features and photos."""
+
+    def __init__(
+        self,
+        model: JointModel,
+        processor: TextProcessor,
+        config: dict[str, Any],
+        checkpoint: Path,
+        device: torch.device,
+        sha256: str,
+    ):
+        self.model = model.eval()
+        self.processor = processor
+        self.config = config
+        self.checkpoint = checkpoint
+        self.device = device
+        self.sha256 = sha256
+        self._feature_backbone: torch.nn.Module | None = None
+
+    @classmethod
+    def from_run(cls, run: str | Path, checkpoint: str = "best", device: str = "cpu") -> Matcher:
+        from itmatch.data.text import Vocabulary
+        from itmatch.training.trainer import pick_device
+
+        path = checkpoint_path(run, checkpoint)
+        state = load_checkpoint(path)
+        for key in ("model", "config", "vocab", "feature_dim"):
+            if key not in state:
+                raise ItmatchError(f"checkpoint {path} is not an itmatch checkpoint (no {key!r})")
+        cfg = state["config"]
+        vocab = Vocabulary.from_dict(state["vocab"])
+        model = build_model(cfg["model"], vocab_size=len(vocab), feature_dim=int(state["feature_dim"]))
+        model.load_state_dict(state["model"])
+        dev = pick_device(device)
+        return cls(model.to(dev), make_text_processor(cfg["model"], vocab), cfg, path, dev, file_sha256(path))
+
+    @property
+    def identity(self) -> dict[str, str]:
+        """What identifies the model: an index built with one model refuses queries from another."""
+        return {"checkpoint_sha256": self.sha256, "recipe": str(self.config.get("name", "")), "checkpoint": str(self.checkpoint)}
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.config["model"]["embed_dim"])
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+        """L2-normalised joint-space embeddings of sentences (len(texts) x d, on the CPU)."""
+        out = []
+        for i in range(0, len(texts), batch_size):
+            batch = self.processor(list(texts[i : i + batch_size]))
+            out.append(self.model.encode_texts({k: v.to(self.device) for k, v in batch.items()}).cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+    @torch.no_grad()
+    def embed_features(self, features: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        """Embeddings of precomputed CNN features (N x D) -> N x d (model without a backbone)."""
+        feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        out = [self.model.encode_images(feats[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(feats), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+    def embed_corpus(self, corpus: Corpus, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings of a corpus's N images and 5N captions (caption rows in image order)."""
+        from itmatch.training.data import corpus_features
+
+        images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress))
+        return images, self.embed_texts(corpus.flat_captions())

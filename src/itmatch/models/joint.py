@@ -1,0 +1,92 @@
+"""The joint image-text model and its construction from a plain config dictionary."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from itmatch.errors import ConfigError
+from itmatch.models.classifier import ModalityClassifier
+from itmatch.models.encoders import GRUTextEncoder, ImageEncoder
+
+# Trainable parts a stage can switch on or off (see itmatch.training.schedule).
+PARTS = ("image", "backbone", "text", "classifier")
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "embed_dim": 1024,
+    "word_dim": 300,
+    "text_encoder": "gru",
+    "gru_layers": 1,
+    "classifier_hidden": None,  # None -> [d/2, d/4]
+    "classifier_dropout": 0.0,
+    "backbone": None,  # None: precomputed features; a backbone name: raw images, backbone in the model
+}
+
+
+class JointModel(nn.Module):
+    """Image encoder + text encoder into one L2-normalised space, plus the modality classifier."""
+
+    def __init__(self, image_encoder: ImageEncoder, text_encoder: nn.Module, classifier: ModalityClassifier):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.classifier = classifier
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return self.image_encoder(images)
+
+    def encode_texts(self, text: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """``text`` is the batch dictionary made by the model's text processor."""
+        return self.text_encoder(**text)
+
+    def parts(self) -> dict[str, list[nn.Parameter]]:
+        """Parameters by trainable part (every parameter belongs to exactly one part)."""
+        backbone = self.image_encoder.backbone
+        backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        return {
+            "image": [p for p in self.image_encoder.parameters() if id(p) not in backbone_ids],
+            "backbone": list(backbone.parameters()) if backbone is not None else [],
+            "text": list(self.text_encoder.parameters()),
+            "classifier": list(self.classifier.parameters()),
+        }
+
+
+def resolve_model_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    cfg = dict(cfg or {})
+    unknown = set(cfg) - set(MODEL_DEFAULTS)
+    if unknown:
+        raise ConfigError(f"model: unknown key(s) {sorted(unknown)}; known: {sorted(MODEL_DEFAULTS)}")
+    return {**MODEL_DEFAULTS, **cfg}
+
+
+def build_model(cfg: Mapping[str, Any], vocab_size: int, feature_dim: int | None = None) -> JointModel:
+    """Build a :class:`JointModel` from a model config (see ``MODEL_DEFAULTS``).
+
+    ``feature_dim`` is the precomputed feature size; it is ignored when ``cfg["backbone"]`` names a
+    backbone (the backbone's own output size is used).
+    """
+    cfg = resolve_model_config(cfg)
+    d = int(cfg["embed_dim"])
+    backbone = None
+    if cfg["backbone"]:
+        from itmatch.features.backbones import get_backbone
+
+        backbone = get_backbone(cfg["backbone"])
+        feature_dim = int(backbone.feature_dim)
+    if feature_dim is None:
+        raise ConfigError("build_model: feature_dim is required when model.backbone is not set")
+    image_encoder = ImageEncoder(feature_dim, d, backbone=backbone)
+    kind = cfg["text_encoder"]
+    if kind == "gru":
+        text_encoder: nn.Module = GRUTextEncoder(vocab_size, cfg["word_dim"], d, cfg["gru_layers"])
+    elif kind == "minilm":
+        from itmatch.models.minilm import MiniLMTextEncoder
+
+        text_encoder = MiniLMTextEncoder(embed_dim=d)
+    else:
+        raise ConfigError(f"model.text_encoder: unknown encoder {kind!r}; known: 'gru', 'minilm'")
+    classifier = ModalityClassifier(d, cfg["classifier_hidden"], cfg["classifier_dropout"])
+    return JointModel(image_encoder, text_encoder, classifier)

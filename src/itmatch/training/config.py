@@ -1,0 +1,150 @@
+"""Recipes: YAML configs with defaults, validation and ``key.path=value`` overrides.
+
+A recipe is plain data: ``data``, ``model``, ``loss``, ``training`` sections and a list of
+``stages`` (see :mod:`itmatch.training.schedule`). Named recipes live in the repository's
+``configs/`` folder (``vsepp``, ``miie``, ...); a path to any YAML file works too.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from itmatch.errors import ConfigError
+from itmatch.models.joint import MODEL_DEFAULTS
+from itmatch.training.schedule import parse_stages
+
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+
+DEFAULTS: dict[str, Any] = {
+    "name": "run",
+    "seed": 0,
+    "data": {
+        "format": None,  # precomp | karpathy | coco | flickr8k
+        "path": None,
+        "image_root": None,
+        "train_split": "train",
+        "val_split": None,  # None: hold out `val_holdout` training images for model selection
+        "val_holdout": 500,
+        "holdout_seed": 0,  # fixed across run seeds, so every seed selects on the same images
+        "max_train_images": None,
+        "features": "auto",  # auto: extract with feature_backbone into the cache; or a features folder
+        "feature_backbone": "efficientnet_lite0",
+        "feature_cache": None,  # None: $ITMATCH_CACHE or ~/.cache/itmatch
+        "vocab_min_count": 4,
+        "image_size": 224,
+    },
+    "model": dict(MODEL_DEFAULTS),
+    "loss": {"margin": 0.2},
+    "training": {
+        "batch_size": 128,
+        "grad_clip": 2.0,
+        "log_every": 50,
+        "checkpoint_every": 0,  # steps between mid-epoch checkpoints; 0 = at epoch ends only
+        "num_workers": 0,
+        "device": "auto",
+        "eval_batch_size": 1000,
+    },
+    "stages": [],
+}
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A recipe name (``vsepp``) -> ``configs/vsepp.yaml``; a path is returned as is."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        return p
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.is_file():
+        return candidate
+    known = sorted(q.stem for q in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+    raise ConfigError(f"unknown recipe {name_or_path!r}: not a file and not one of {known} in {CONFIG_DIR}")
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any], where: str) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if key not in out:
+            raise ConfigError(f"{where}: unknown key {key!r}; known: {sorted(out)}")
+        if isinstance(out[key], dict) and isinstance(value, Mapping):
+            out[key] = _merge(out[key], value, f"{where}.{key}")
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``training.batch_size=64`` -> (["training", "batch_size"], 64); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected KEY.PATH=VALUE")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value)
+
+
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    cfg = copy.deepcopy(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        node: Any = cfg
+        for i, key in enumerate(keys[:-1]):
+            if isinstance(node, list):
+                if not key.isdigit() or int(key) >= len(node):
+                    raise ConfigError(f"override {text!r}: {'.'.join(keys[: i + 1])} is not a valid list index")
+                node = node[int(key)]
+            elif isinstance(node, dict) and key in node:
+                node = node[key]
+            else:
+                raise ConfigError(f"override {text!r}: no key {'.'.join(keys[: i + 1])!r}")
+        last = keys[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"override {text!r}: {last!r} is not a valid list index")
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            if last not in node and not _stage_key(keys):
+                raise ConfigError(f"override {text!r}: no key {'.'.join(keys)!r}")
+            node[last] = value
+        else:
+            raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])!r} is not a section")
+    return cfg
+
+
+def _stage_key(keys: list[str]) -> bool:
+    # Stage dictionaries may omit optional keys, so an override may add one.
+    return len(keys) >= 3 and keys[0] == "stages"
+
+
+def resolve_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """Fill defaults, reject unknown keys, validate the stages. Returns a plain dict."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: expected a mapping at the top level")
+    cfg = _merge(DEFAULTS, raw, where)
+    if not cfg["stages"]:
+        raise ConfigError(f"{where}: no stages; a recipe needs at least one stage")
+    cfg["stages"] = [s.to_dict() for s in parse_stages(cfg["stages"], where=f"{where}.stages")]
+    if cfg["training"]["batch_size"] < 2:
+        raise ConfigError(f"{where}.training.batch_size must be >= 2 (negatives come from the batch)")
+    return cfg
+
+
+def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+    path = resolve_config_path(name_or_path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    raw = apply_overrides(_merge(DEFAULTS, raw, str(path)), overrides)
+    return resolve_config(raw, where=str(path))
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ITMATCH_CACHE", Path.home() / ".cache" / "itmatch"))

@@ -1,0 +1,165 @@
+"""The multi-stage schedule: each stage says which losses are on and which parts train.
+
+A stage (one entry of a recipe's ``stages`` list)::
+
+    name: adversarial
+    epochs: 10
+    lr: 2.0e-5                 # learning rate of every trainable part ...
+    lr_parts: {backbone: 1e-6} # ... unless overridden per part
+    lr_decay_epochs: 5         # multiply by lr_decay_gamma every N epochs of this stage (null: never)
+    lr_decay_gamma: 0.1
+    train: [image, text, classifier]   # parts: image, backbone, text, classifier
+    rank: max_violation        # null | sum | max_violation
+    classifier: false          # train the modality classifier on true labels (encoders frozen or not)
+    adversarial:               # null, or how the encoders fight the classifier
+      mode: grl                # grl (gradient reversal, one step) | alternate (D step, then encoder step)
+      lambda: 0.1
+      schedule: dann           # constant | dann (lambda * (2 / (1 + exp(-10 p)) - 1), p = stage progress)
+      objective: uniform       # alternate mode only: uniform (target 0.5) | flip (wrong label)
+    select: rsum               # rsum: epochs of this stage compete for best.pt; none: they do not
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from itmatch.errors import ConfigError
+
+PARTS = ("image", "backbone", "text", "classifier")
+RANK_MODES = (None, "sum", "max_violation")
+ADV_MODES = ("grl", "alternate")
+ADV_SCHEDULES = ("constant", "dann")
+ADV_OBJECTIVES = ("uniform", "flip")
+SELECT_MODES = ("rsum", "none")
+
+
+@dataclass(frozen=True)
+class Adversarial:
+    mode: str = "grl"
+    lambda_: float = 0.1
+    schedule: str = "constant"
+    objective: str = "uniform"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mode": self.mode, "lambda": self.lambda_, "schedule": self.schedule, "objective": self.objective}
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    epochs: int
+    lr: float
+    train: tuple[str, ...]
+    rank: str | None = None
+    classifier: bool = False
+    adversarial: Adversarial | None = None
+    lr_parts: dict[str, float] = field(default_factory=dict)
+    lr_decay_epochs: int | None = None
+    lr_decay_gamma: float = 0.1
+    select: str = "rsum"
+
+    def lr_for(self, part: str, epoch: int) -> float:
+        """Learning rate of ``part`` in epoch ``epoch`` (0-based, within this stage)."""
+        lr = self.lr_parts.get(part, self.lr)
+        if self.lr_decay_epochs:
+            lr *= self.lr_decay_gamma ** (epoch // self.lr_decay_epochs)
+        return lr
+
+    @property
+    def trains_encoders(self) -> bool:
+        return any(p in self.train for p in ("image", "backbone", "text"))
+
+    @property
+    def trains_classifier(self) -> bool:
+        return "classifier" in self.train and (self.classifier or self.adversarial is not None)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["train"] = list(self.train)
+        d["adversarial"] = self.adversarial.to_dict() if self.adversarial else None
+        return d
+
+
+_STAGE_KEYS = {
+    "name", "epochs", "lr", "train", "rank", "classifier", "adversarial", "lr_parts",
+    "lr_decay_epochs", "lr_decay_gamma", "select",
+}  # fmt: skip
+
+
+def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}: a stage must be a mapping, got {type(raw).__name__}")
+    unknown = set(raw) - _STAGE_KEYS
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(_STAGE_KEYS)}")
+    for key in ("name", "epochs", "lr", "train"):
+        if key not in raw:
+            raise ConfigError(f"{where}: missing required key {key!r}")
+    train = tuple(raw["train"] or ())
+    bad = [p for p in train if p not in PARTS]
+    if bad:
+        raise ConfigError(f"{where}.train: unknown part(s) {bad}; known: {list(PARTS)}")
+    rank = raw.get("rank")
+    if rank not in RANK_MODES:
+        raise ConfigError(f"{where}.rank: {rank!r} is not one of {list(RANK_MODES)}")
+    adversarial = None
+    if raw.get("adversarial"):
+        a = dict(raw["adversarial"])
+        unknown = set(a) - {"mode", "lambda", "schedule", "objective"}
+        if unknown:
+            raise ConfigError(f"{where}.adversarial: unknown key(s) {sorted(unknown)}")
+        adversarial = Adversarial(
+            mode=a.get("mode", "grl"),
+            lambda_=float(a.get("lambda", 0.1)),
+            schedule=a.get("schedule", "constant"),
+            objective=a.get("objective", "uniform"),
+        )
+        for value, allowed, key in (
+            (adversarial.mode, ADV_MODES, "mode"),
+            (adversarial.schedule, ADV_SCHEDULES, "schedule"),
+            (adversarial.objective, ADV_OBJECTIVES, "objective"),
+        ):
+            if value not in allowed:
+                raise ConfigError(f"{where}.adversarial.{key}: {value!r} is not one of {list(allowed)}")
+    lr_parts = {str(k): float(v) for k, v in (raw.get("lr_parts") or {}).items()}
+    bad = [p for p in lr_parts if p not in PARTS]
+    if bad:
+        raise ConfigError(f"{where}.lr_parts: unknown part(s) {bad}; known: {list(PARTS)}")
+    stage = Stage(
+        name=str(raw["name"]),
+        epochs=int(raw["epochs"]),
+        lr=float(raw["lr"]),
+        train=train,
+        rank=rank,
+        classifier=bool(raw.get("classifier", False)),
+        adversarial=adversarial,
+        lr_parts=lr_parts,
+        lr_decay_epochs=int(raw["lr_decay_epochs"]) if raw.get("lr_decay_epochs") else None,
+        lr_decay_gamma=float(raw.get("lr_decay_gamma", 0.1)),
+        select=str(raw.get("select", "rsum")),
+    )
+    if stage.epochs < 0:
+        raise ConfigError(f"{where}.epochs must be >= 0")
+    if stage.select not in SELECT_MODES:
+        raise ConfigError(f"{where}.select: {stage.select!r} is not one of {list(SELECT_MODES)}")
+    if stage.rank is None and not stage.classifier and stage.adversarial is None:
+        raise ConfigError(f"{where}: no loss is on (set rank, classifier or adversarial)")
+    if stage.classifier and "classifier" not in stage.train:
+        raise ConfigError(f"{where}: classifier: true needs 'classifier' in train")
+    if stage.rank and not stage.trains_encoders:
+        raise ConfigError(f"{where}: rank loss is on but no encoder part is in train")
+    if stage.adversarial and not stage.trains_encoders:
+        raise ConfigError(f"{where}: adversarial loss is on but no encoder part is in train")
+    return stage
+
+
+def parse_stages(raw: Sequence[Mapping[str, Any]], where: str = "stages") -> list[Stage]:
+    if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
+        raise ConfigError(f"{where}: expected a list of stages")
+    stages = [parse_stage(s, f"{where}[{i}]") for i, s in enumerate(raw)]
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: stage names must be unique, got {names}")
+    return stages

@@ -1,0 +1,432 @@
+"""The training loop: runs a recipe's stages in order and writes one run folder.
+
+Run folder::
+
+    config.yaml        the resolved recipe
+    vocab.json         vocabulary (built from the training split only)
+    metrics.jsonl      one JSON record per log step and per validation
+    checkpoints/last.pt, checkpoints/best.pt   (atomic; best = highest validation rsum)
+    summary.json       the best validation record and where it came from
+
+Resume (``resume=True``) continues from ``last.pt`` exactly: stage, epoch, step within the epoch,
+model and optimizer states and the per-epoch shuffling (a function of seed, stage and epoch).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from itmatch.errors import ItmatchError
+from itmatch.losses import (
+    classifier_accuracy,
+    classifier_loss,
+    confusion_loss,
+    dann_lambda,
+    modality_logits_and_labels,
+    triplet_ranking_loss,
+)
+from itmatch.models import JointModel, build_model, grad_reverse
+from itmatch.models.text_processing import make_text_processor
+from itmatch.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
+from itmatch.training.data import PairBatches, corpus_features, train_val_corpora
+from itmatch.training.schedule import Stage, parse_stages
+
+Logger = Callable[[dict[str, Any]], None]
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu; any other name is used as given."""
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
+    """The shuffling seed of one epoch: a pure function, so a resumed run shuffles identically."""
+    return (int(seed) * 1_000_003 + stage_index * 10_007 + epoch) % (2**63)
+
+
+@dataclass
+class Progress:
+    stage: int = 0
+    epoch: int = 0  # within the stage
+    step: int = 0  # within the epoch
+    global_step: int = 0
+
+    def to_dict(self) -> dict[str, int]:
+        return {"stage": self.stage, "epoch": self.epoch, "step": self.step, "global_step": self.global_step}
+
+
+@dataclass
+class Best:
+    rsum: float = float("-inf")
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def set_trainable(model: JointModel, stage: Stage) -> None:
+    for part, params in model.parts().items():
+        for p in params:
+            p.requires_grad_(part in stage.train)
+
+
+def make_optimizers(model: JointModel, stage: Stage, epoch: int) -> dict[str, torch.optim.Optimizer]:
+    """One Adam for the encoder parts and one for the classifier, each with per-part groups."""
+    groups: dict[str, list[dict[str, Any]]] = {"encoders": [], "classifier": []}
+    for part, params in model.parts().items():
+        if part in stage.train and params:
+            key = "classifier" if part == "classifier" else "encoders"
+            groups[key].append({"params": params, "lr": stage.lr_for(part, epoch), "part": part})
+    return {key: torch.optim.Adam(g) for key, g in groups.items() if g}
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], stage: Stage, epoch: int) -> None:
+    for opt in optimizers.values():
+        for group in opt.param_groups:
+            group["lr"] = stage.lr_for(group["part"], epoch)
+
+
+def _clip(optimizer: torch.optim.Optimizer | None, max_norm: float) -> None:
+    if optimizer is None or not max_norm:
+        return
+    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+    if params:
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+
+
+def train_step(
+    model: JointModel,
+    batch: dict[str, Any],
+    stage: Stage,
+    optimizers: dict[str, torch.optim.Optimizer],
+    *,
+    margin: float,
+    grad_clip: float,
+    adv_lambda: float,
+) -> dict[str, float]:
+    """One optimisation step of ``stage`` on ``batch``; returns the logged values."""
+    model.train()
+    opt_enc = optimizers.get("encoders")
+    opt_d = optimizers.get("classifier")
+    encoders_learn = opt_enc is not None and (stage.rank is not None or stage.adversarial is not None)
+    with torch.set_grad_enabled(encoders_learn):
+        im = model.encode_images(batch["images"])
+        tx = model.encode_texts(batch["text"])
+    out: dict[str, float] = {}
+    loss = im.new_zeros(())
+    if stage.rank is not None:
+        rank = triplet_ranking_loss(
+            im, tx, margin=margin, max_violation=stage.rank == "max_violation", image_ids=batch["image_ids"]
+        )
+        loss = loss + rank
+        out["rank_loss"] = float(rank)
+    adv = stage.adversarial
+    if adv is not None and adv.mode == "grl":
+        # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
+        logits, labels = modality_logits_and_labels(model.classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
+        d_loss = classifier_loss(logits, labels)
+        loss = loss + d_loss
+        out.update(d_loss=float(d_loss), d_acc=classifier_accuracy(logits.detach(), labels))
+    else:
+        if (stage.classifier or adv is not None) and opt_d is not None:
+            # Classifier step on the true labels, encoders untouched (detached embeddings).
+            logits, labels = modality_logits_and_labels(model.classifier, im.detach(), tx.detach())
+            d_loss = classifier_loss(logits, labels)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            _clip(opt_d, grad_clip)
+            opt_d.step()
+            out.update(d_loss=float(d_loss), d_acc=classifier_accuracy(logits.detach(), labels))
+            opt_d = None  # stepped already
+        if adv is not None:
+            logits, labels = modality_logits_and_labels(model.classifier, im, tx)
+            conf = confusion_loss(logits, labels, adv.objective)
+            loss = loss + adv_lambda * conf
+            out["confusion_loss"] = float(conf)
+    if adv is not None:
+        out["lambda"] = adv_lambda
+    if loss.requires_grad:
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if encoders_learn:
+            _clip(opt_enc, grad_clip)
+            opt_enc.step()
+        if opt_d is not None and adv is not None and adv.mode == "grl":
+            _clip(opt_d, grad_clip)
+            opt_d.step()
+        # In alternate mode the encoder loss also leaves gradients on the classifier: they are
+        # discarded (zeroed before the next classifier step), so the classifier never helps the encoders.
+    out["loss"] = float(loss) if (stage.rank or adv) else out.get("d_loss", 0.0)
+    return out
+
+
+@torch.no_grad()
+def embed_split(
+    model: JointModel,
+    images: torch.Tensor,
+    captions: list[Any],
+    collate: Callable,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint-space embeddings of N images and their 5N captions (on the CPU)."""
+    model.eval()
+    im = torch.cat([model.encode_images(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+    tx = []
+    for i in range(0, len(captions), batch_size):
+        text = {k: v.to(device) for k, v in collate(captions[i : i + batch_size]).items()}
+        tx.append(model.encode_texts(text).cpu())
+    return im, torch.cat(tx)
+
+
+@torch.no_grad()
+def validation_metrics(model: JointModel, im: torch.Tensor, tx: torch.Tensor, seed: int) -> dict[str, float]:
+    """Recall (all images of the split), modality-invariance metrics and the classifier's accuracy."""
+    from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.evaluation.recall import evaluate_embeddings
+
+    metrics = {k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)}
+    metrics.update(invariance_metrics(im, tx, seed=seed))
+    device = next(model.classifier.parameters()).device
+    logits, labels = modality_logits_and_labels(model.classifier, im.to(device), tx.to(device))
+    metrics["classifier_acc"] = classifier_accuracy(logits, labels)
+    return metrics
+
+
+class MetricsLog:
+    """Append-only JSON-lines log; on resume, records past the checkpoint are dropped."""
+
+    def __init__(self, path: Path, resume_step: int | None = None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("global_step", 0) <= resume_step
+            ]
+            atomic_write_text(path, "".join(line + "\n" for line in kept))
+        elif resume_step is None:
+            path.write_text("")
+
+    def write(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def train(
+    cfg: dict[str, Any],
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    init_from: str | Path | None = None,
+    progress: bool = False,
+    log: Logger | None = None,
+) -> dict[str, Any]:
+    """Train the recipe ``cfg`` (a resolved config, see :func:`itmatch.training.config.load_config`).
+
+    ``init_from``: a run folder or checkpoint whose model weights (and vocabulary) start this run,
+    e.g. to run the adversarial stages on a trained baseline. ``log`` receives every metrics
+    record (the CLI prints them). Returns the summary (also written to ``summary.json``).
+    """
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    state: dict[str, Any] | None = None
+    if resume:
+        state = load_checkpoint(last_path)
+        saved_cfg = state["config"]
+        if cfg is not None and _without(cfg, "training") != _without(saved_cfg, "training"):
+            raise ItmatchError(f"{run_dir}: --resume with a config that differs from the run's config.yaml")
+        cfg = saved_cfg
+    elif last_path.exists():
+        raise ItmatchError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    stages = parse_stages(cfg["stages"])
+    tcfg = cfg["training"]
+    seed = int(cfg["seed"])
+    seed_everything(seed)
+    device = pick_device(tcfg["device"])
+
+    train_corpus, val_corpus = train_val_corpora(cfg["data"])
+    vocab = _prepare_vocab(cfg, run_dir, train_corpus, resume, init_from)
+    processor = make_text_processor(cfg["model"], vocab)
+    train_feats = torch.from_numpy(corpus_features(train_corpus, cfg["data"], progress=progress))
+    val_feats = torch.from_numpy(corpus_features(val_corpus, cfg["data"], progress=progress))
+    pairs = PairBatches(train_feats, processor.encode(train_corpus.flat_captions()), processor.collate, int(tcfg["batch_size"]))
+    val_captions = processor.encode(val_corpus.flat_captions())
+
+    model = build_model(cfg["model"], vocab_size=len(vocab), feature_dim=train_feats.shape[1]).to(device)
+    progress_state = Progress()
+    best = Best()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        progress_state = Progress(**state["progress"])
+        best = Best(state["best"]["rsum"], state["best"]["record"])
+        torch.set_rng_state(state["rng"])
+    elif init_from is not None:
+        model.load_state_dict(load_checkpoint(_checkpoint_path(init_from))["model"])
+    if not resume:
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None)
+
+    def emit(record: dict[str, Any]) -> None:
+        metrics_log.write(record)
+        if log is not None:
+            log(record)
+
+    def checkpoint(path: Path, optimizers: dict[str, torch.optim.Optimizer] | None) -> None:
+        save_checkpoint(
+            path,
+            {
+                "format": "itmatch-checkpoint-1",
+                "model": model.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in (optimizers or {}).items()},
+                "optimizer_stage": progress_state.stage if optimizers else -1,
+                "config": cfg,
+                "vocab": vocab.to_dict(),
+                "feature_dim": int(train_feats.shape[1]),
+                "progress": progress_state.to_dict(),
+                "best": {"rsum": best.rsum, "record": best.record},
+                "rng": torch.get_rng_state(),
+            },
+        )
+
+    start = time.time()
+    for stage_index in range(progress_state.stage, len(stages)):
+        stage = stages[stage_index]
+        set_trainable(model, stage)
+        optimizers = make_optimizers(model, stage, progress_state.epoch)
+        if state is not None and state.get("optimizer_stage") == stage_index:
+            for key, opt in optimizers.items():
+                opt.load_state_dict(state["optimizers"][key])
+            set_learning_rates(optimizers, stage, progress_state.epoch)
+        state = None  # only the first resumed stage restores optimizer state
+        steps_per_epoch = len(pairs)
+        for epoch in range(progress_state.epoch, stage.epochs):
+            set_learning_rates(optimizers, stage, epoch)
+            batches = pairs.epoch(epoch_seed(seed, stage_index, epoch), start_step=progress_state.step)
+            bar = _bar(progress, steps_per_epoch, progress_state.step, f"{stage.name} {epoch + 1}/{stage.epochs}")
+            epoch_start = time.time()
+            for step, batch in batches:
+                batch = _to_device(batch, device)
+                done = (epoch * steps_per_epoch + step) / max(1, stage.epochs * steps_per_epoch)
+                adv_lambda = 0.0
+                if stage.adversarial is not None:
+                    a = stage.adversarial
+                    adv_lambda = dann_lambda(done, a.lambda_) if a.schedule == "dann" else a.lambda_
+                values = train_step(
+                    model, batch, stage, optimizers,
+                    margin=float(cfg["loss"]["margin"]), grad_clip=float(tcfg["grad_clip"]), adv_lambda=adv_lambda,
+                )  # fmt: skip
+                progress_state.step = step + 1
+                progress_state.global_step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['loss']:.3f}")
+                if progress_state.global_step % int(tcfg["log_every"]) == 0:
+                    emit(_record(progress_state, stage, epoch, {f"train/{k}": v for k, v in values.items()}))
+                every = int(tcfg["checkpoint_every"])
+                if every and progress_state.global_step % every == 0 and progress_state.step < steps_per_epoch:
+                    checkpoint(last_path, optimizers)
+            if bar is not None:
+                bar.close()
+            epoch_time = time.time() - epoch_start
+            val_im, val_tx = embed_split(model, val_feats, val_captions, processor.collate, int(tcfg["eval_batch_size"]), device)
+            val = validation_metrics(model, val_im, val_tx, seed)
+            record = _record(progress_state, stage, epoch, {f"val/{k}": v for k, v in val.items()})
+            record["epoch_time_s"] = epoch_time
+            is_best = stage.select == "rsum" and val["rsum"] > best.rsum
+            record["best"] = is_best
+            emit(record)
+            progress_state.step = 0
+            progress_state.epoch = epoch + 1
+            if progress_state.epoch >= stage.epochs:
+                progress_state.stage, progress_state.epoch = stage_index + 1, 0
+            if is_best:
+                best = Best(val["rsum"], record)
+                checkpoint(ckpt_dir / "best.pt", None)
+            checkpoint(last_path, optimizers if progress_state.stage == stage_index else None)
+        progress_state.stage, progress_state.epoch, progress_state.step = stage_index + 1, 0, 0
+
+    if not (ckpt_dir / "best.pt").exists():
+        # No stage selects on rsum (or none ran): the final model is the chosen one.
+        checkpoint(ckpt_dir / "best.pt", None)
+    summary = {
+        "run_dir": str(run_dir),
+        "best": best.record,
+        "global_steps": progress_state.global_step,
+        "wall_time_s": time.time() - start,
+    }
+    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    return summary
+
+
+def _without(cfg: dict[str, Any], key: str) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k != key}
+
+
+def _checkpoint_path(run_or_checkpoint: str | Path) -> Path:
+    p = Path(run_or_checkpoint)
+    return p / "checkpoints" / "best.pt" if p.is_dir() else p
+
+
+def _prepare_vocab(cfg: dict[str, Any], run_dir: Path, train_corpus, resume: bool, init_from):
+    from itmatch.data.text import Vocabulary
+
+    vocab_path = run_dir / "vocab.json"
+    if resume:
+        return Vocabulary.load(vocab_path)
+    if init_from is not None:
+        vocab = Vocabulary.from_dict(load_checkpoint(_checkpoint_path(init_from))["vocab"])
+    else:
+        # Built from the training split only: never from validation or test captions.
+        vocab = Vocabulary.build(train_corpus.flat_captions(), min_count=int(cfg["data"]["vocab_min_count"]))
+    vocab.save(vocab_path)
+    return vocab
+
+
+def _record(p: Progress, stage: Stage, epoch: int, values: dict[str, Any]) -> dict[str, Any]:
+    return {"global_step": p.global_step, "stage": stage.name, "epoch": epoch + 1, **values}
+
+
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    if device.type == "cpu":
+        return batch
+    return {
+        "images": batch["images"].to(device, non_blocking=True),
+        "text": {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
+        "image_ids": batch["image_ids"].to(device),
+    }
+
+
+def _bar(enabled: bool, total: int, initial: int, desc: str):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
