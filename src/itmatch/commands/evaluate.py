@@ -9,7 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from itmatch.commands._common import INVARIANCE_KEYS, RECALL_KEYS, add_data_arguments, eprint, format_metrics_table
+from itmatch.commands._common import (
+    INVARIANCE_KEYS,
+    RECALL_KEYS,
+    add_data_arguments,
+    eprint,
+    format_metrics_table,
+)
 from itmatch.errors import ItmatchError
 
 
