@@ -56,7 +56,7 @@ def corpus_features(
     the folder of an ``itmatch extract`` output.
     """
     if corpus.features is not None:
-        return np.asarray(corpus.features, dtype=np.float32)
+        return np.array(corpus.features, dtype=np.float32)  # a writable in-memory copy of the memmap
     from itmatch.features.extract import FeatureStore, extract_features
 
     source = data_cfg.get("features") or "auto"
@@ -74,7 +74,7 @@ def corpus_features(
         )
     else:
         store = FeatureStore.open(Path(source))
-    return np.ascontiguousarray(store.lookup(corpus.image_ids), dtype=np.float32)
+    return np.array(store.lookup(corpus.image_ids), dtype=np.float32)
 
 
 @dataclass

@@ -139,14 +139,14 @@ def train_step(
             im, tx, margin=margin, max_violation=stage.rank == "max_violation", image_ids=batch["image_ids"]
         )
         loss = loss + rank
-        out["rank_loss"] = float(rank)
+        out["rank_loss"] = float(rank.detach())
     adv = stage.adversarial
     if adv is not None and adv.mode == "grl":
         # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
         logits, labels = modality_logits_and_labels(model.classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
         d_loss = classifier_loss(logits, labels)
         loss = loss + d_loss
-        out.update(d_loss=float(d_loss), d_acc=classifier_accuracy(logits.detach(), labels))
+        out.update(d_loss=float(d_loss.detach()), d_acc=classifier_accuracy(logits.detach(), labels))
     else:
         if (stage.classifier or adv is not None) and opt_d is not None:
             # Classifier step on the true labels, encoders untouched (detached embeddings).
@@ -156,13 +156,13 @@ def train_step(
             d_loss.backward()
             _clip(opt_d, grad_clip)
             opt_d.step()
-            out.update(d_loss=float(d_loss), d_acc=classifier_accuracy(logits.detach(), labels))
+            out.update(d_loss=float(d_loss.detach()), d_acc=classifier_accuracy(logits.detach(), labels))
             opt_d = None  # stepped already
         if adv is not None:
             logits, labels = modality_logits_and_labels(model.classifier, im, tx)
             conf = confusion_loss(logits, labels, adv.objective)
             loss = loss + adv_lambda * conf
-            out["confusion_loss"] = float(conf)
+            out["confusion_loss"] = float(conf.detach())
     if adv is not None:
         out["lambda"] = adv_lambda
     if loss.requires_grad:
@@ -177,7 +177,7 @@ def train_step(
             opt_d.step()
         # In alternate mode the encoder loss also leaves gradients on the classifier: they are
         # discarded (zeroed before the next classifier step), so the classifier never helps the encoders.
-    out["loss"] = float(loss) if (stage.rank or adv) else out.get("d_loss", 0.0)
+    out["loss"] = float(loss.detach()) if (stage.rank or adv) else out.get("d_loss", 0.0)
     return out
 
 
@@ -345,7 +345,9 @@ def train(
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['loss']:.3f}")
                 if progress_state.global_step % int(tcfg["log_every"]) == 0:
-                    emit(_record(progress_state, stage, epoch, {f"train/{k}": v for k, v in values.items()}))
+                    values = {f"train/{k}": v for k, v in values.items()}
+                    values.update({f"lr/{g['part']}": g["lr"] for o in optimizers.values() for g in o.param_groups})
+                    emit(_record(progress_state, stage, epoch, values))
                 every = int(tcfg["checkpoint_every"])
                 if every and progress_state.global_step % every == 0 and progress_state.step < steps_per_epoch:
                     checkpoint(last_path, optimizers)

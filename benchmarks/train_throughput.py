@@ -1,0 +1,102 @@
+"""Training throughput at batch 128 on precomputed features, and the GRU's achieved GFLOP/s
+next to this machine's measured float32 matmul GFLOP/s (the practical limit).
+
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--threads 2]
+
+Writes benchmarks/results/train_throughput.json. Caption lengths follow Flickr8k's (mean ~13.7
+tokens with <start>/<end>); the model is the recipe default (d = 1024, 300-d words, one GRU layer,
+1280-d EfficientNet-Lite0 features), with the hardest-negative loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from _common import write_result
+from itmatch.models import build_model
+from itmatch.training.schedule import parse_stage
+from itmatch.training.trainer import make_optimizers, train_step
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    return 2 * n**3 / statistics.median(times) / 1e9
+
+
+def gru_flops(tokens: int, word_dim: int, hidden: int) -> float:
+    """Forward + backward multiply-add FLOPs of a one-layer GRU over ``tokens`` time steps x batch:
+    forward 2 * 3 * (I*H + H*H) per token; backward ~2x forward (input and weight gradients)."""
+    forward = 2 * 3 * (word_dim * hidden + hidden * hidden) * tokens
+    return 3 * forward
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    vocab_size, feat_dim, word_dim, d, b = 2600, 1280, 300, 1024, args.batch_size
+    model = build_model({"embed_dim": d, "word_dim": word_dim}, vocab_size=vocab_size, feature_dim=feat_dim)
+    stage = parse_stage({"name": "hardest", "epochs": 1, "lr": 2e-4, "train": ["image", "text"], "rank": "max_violation"}, "bench")
+    opts = make_optimizers(model, stage, 0)
+    g = torch.Generator().manual_seed(0)
+
+    def batch():
+        lengths = torch.randint(8, 21, (b,), generator=g)  # mean 14: Flickr8k-like
+        tokens = torch.randint(4, vocab_size, (b, int(lengths.max())), generator=g)
+        return {"images": torch.randn(b, feat_dim, generator=g), "text": {"tokens": tokens, "lengths": lengths},
+                "image_ids": torch.arange(b)}  # fmt: skip
+
+    batches = [batch() for _ in range(args.steps + 3)]
+    for bt in batches[:3]:
+        train_step(model, bt, stage, opts, margin=0.2, grad_clip=2.0, adv_lambda=0.0)
+    step_times, gru_times, token_counts = [], [], []
+    for bt in batches[3:]:
+        t = time.perf_counter()
+        train_step(model, bt, stage, opts, margin=0.2, grad_clip=2.0, adv_lambda=0.0)
+        step_times.append(time.perf_counter() - t)
+        token_counts.append(int(bt["text"]["lengths"].sum()))
+        # the GRU alone, forward + backward, on the same batch
+        enc = model.text_encoder
+        t = time.perf_counter()
+        out = enc(**bt["text"])
+        out.sum().backward()
+        gru_times.append(time.perf_counter() - t)
+        model.zero_grad(set_to_none=True)
+    step = statistics.median(step_times)
+    tokens = statistics.median(token_counts)
+    gru_gflops = gru_flops(tokens, word_dim, d) / statistics.median(gru_times) / 1e9
+    peak = matmul_gflops()
+    write_result(
+        "train_throughput",
+        {
+            "batch_size": b,
+            "threads": args.threads,
+            "model": {"embed_dim": d, "word_dim": word_dim, "feature_dim": feat_dim, "vocab_size": vocab_size},
+            "median_step_s": step,
+            "captions_per_s": b / step,
+            "text_encoder_fwd_bwd_s": statistics.median(gru_times),
+            "gru_achieved_gflops": gru_gflops,
+            "matmul_gflops_float32_2048": peak,
+            "gru_fraction_of_matmul_peak": gru_gflops / peak,
+            "steps_measured": args.steps,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
