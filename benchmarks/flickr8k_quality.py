@@ -16,12 +16,13 @@ import json
 import time
 from pathlib import Path
 
-from _common import REPO_ROOT, write_result
 from itmatch.data import load_corpus
 from itmatch.inference import Matcher
 from itmatch.training.config import load_config
 from itmatch.training.data import corpus_features
 from itmatch.training.trainer import train
+
+from _common import REPO_ROOT, write_result
 
 DATA = REPO_ROOT.parent / "shared" / "data" / "flickr8k"
 
@@ -61,8 +62,8 @@ def main() -> None:
     epoch_times = [r["epoch_time_s"] for r in records if "epoch_time_s" in r and r["stage"] != "classifier"]
 
     matcher = Matcher.from_run(run_dir, "best")
-    from itmatch.evaluation.recall import evaluate_embeddings
     from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.evaluation.recall import evaluate_embeddings
 
     im, tx = matcher.embed_corpus(dev)
     metrics = evaluate_embeddings(im, tx, protocol="1k")

@@ -16,10 +16,11 @@ import time
 
 import torch
 
-from _common import write_result
 from itmatch.models import build_model
 from itmatch.training.schedule import parse_stage
 from itmatch.training.trainer import make_optimizers, train_step
+
+from _common import write_result
 
 
 def matmul_gflops(n: int = 2048, reps: int = 10) -> float:

@@ -9,11 +9,12 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_overrides
 from itmatch.cli import main
 from itmatch.errors import ConfigError, ItmatchError
 from itmatch.training.config import load_config
 from itmatch.training.trainer import train
+
+from conftest import tiny_overrides
 
 THREE_STAGES = {
     "name": "three",
