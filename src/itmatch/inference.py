@@ -6,7 +6,6 @@ training loop.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ import torch
 
 from itmatch.data import Corpus
 from itmatch.errors import ItmatchError
+from itmatch.features.backbones import file_sha256
 from itmatch.models import JointModel, build_model
 from itmatch.models.text_processing import TextProcessor, make_text_processor
 from itmatch.training.checkpoint import load_checkpoint
@@ -33,14 +33,6 @@ def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
     if not path.is_file():
         raise ItmatchError(f"run {p} has no checkpoint {name} (looked for {path})")
     return path
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Matcher:
@@ -103,6 +95,44 @@ class Matcher:
         """Embeddings of precomputed CNN features (N x D) -> N x d (model without a backbone)."""
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
         out = [self.model.encode_images(feats[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(feats), batch_size)]
+        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+
+    def image_transform(self):
+        """The evaluation preprocessing of the model's image backbone (resize, centre crop, normalise)."""
+        from itmatch.features.backbones import backbone_spec
+
+        name = self.config["model"].get("backbone") or self.config["data"]["feature_backbone"]
+        return backbone_spec(name).transform(int(self.config["data"].get("image_size", 224)), train=False)
+
+    def _pixels_to_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """What the image encoder reads: the pixels themselves when the model has its own
+        (fine-tuned) backbone, else the features of the frozen backbone the run was trained on."""
+        if self.model.image_encoder.backbone is not None:
+            return pixels
+        if self._feature_backbone is None:
+            from itmatch.features.backbones import get_backbone
+
+            self._feature_backbone = get_backbone(self.config["data"]["feature_backbone"]).to(self.device).eval()
+        return self._feature_backbone(pixels)
+
+    @torch.no_grad()
+    def embed_images(self, images: Sequence[str | Path | Any], batch_size: int = 32) -> torch.Tensor:
+        """Embeddings of photos (paths or PIL images) -> N x d. Unreadable files raise ImageReadError."""
+        from itmatch.errors import ImageReadError
+
+        transform = self.image_transform()
+        out = []
+        for i in range(0, len(images), batch_size):
+            pixels, failures = [], {}
+            for image in images[i : i + batch_size]:
+                try:
+                    pixels.append(transform(image))
+                except Exception as exc:  # PIL raises many types for bad files
+                    failures[str(image)] = f"{type(exc).__name__}: {exc}"
+            if failures:
+                raise ImageReadError(failures)
+            inputs = self._pixels_to_features(torch.stack(pixels).to(self.device))
+            out.append(self.model.encode_images(inputs).cpu())
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
     def embed_corpus(self, corpus: Corpus, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
