@@ -18,7 +18,8 @@ import torch
 
 from itmatch.models import build_model
 from itmatch.training.schedule import parse_stage
-from itmatch.training.trainer import make_optimizers, train_step
+from itmatch.training.step import StepContext, train_step
+from itmatch.training.trainer import make_optimizers
 
 from _common import write_result
 
@@ -47,6 +48,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -54,6 +56,7 @@ def main() -> None:
     model = build_model({"embed_dim": d, "word_dim": word_dim}, vocab_size=vocab_size, feature_dim=feat_dim)
     stage = parse_stage({"name": "hardest", "epochs": 1, "lr": 2e-4, "train": ["image", "text"], "rank": "max_violation"}, "bench")
     opts = make_optimizers(model, stage, 0)
+    ctx = StepContext(margin=0.2, grad_clip=2.0, precision=args.precision)
     g = torch.Generator().manual_seed(0)
 
     def batch():
@@ -64,11 +67,11 @@ def main() -> None:
 
     batches = [batch() for _ in range(args.steps + 3)]
     for bt in batches[:3]:
-        train_step(model, bt, stage, opts, margin=0.2, grad_clip=2.0, adv_lambda=0.0)
+        train_step(model, bt, stage, opts, ctx)
     step_times, gru_times, token_counts = [], [], []
     for bt in batches[3:]:
         t = time.perf_counter()
-        train_step(model, bt, stage, opts, margin=0.2, grad_clip=2.0, adv_lambda=0.0)
+        train_step(model, bt, stage, opts, ctx)
         step_times.append(time.perf_counter() - t)
         token_counts.append(int(bt["text"]["lengths"].sum()))
         # the GRU alone, forward + backward, on the same batch
@@ -83,10 +86,11 @@ def main() -> None:
     gru_gflops = gru_flops(tokens, word_dim, d) / statistics.median(gru_times) / 1e9
     peak = matmul_gflops()
     write_result(
-        "train_throughput",
+        "train_throughput" + ("" if args.precision == "fp32" else f"_{args.precision}"),
         {
             "batch_size": b,
             "threads": args.threads,
+            "precision": args.precision,
             "model": {"embed_dim": d, "word_dim": word_dim, "feature_dim": feat_dim, "vocab_size": vocab_size},
             "median_step_s": step,
             "captions_per_s": b / step,

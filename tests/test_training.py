@@ -49,11 +49,11 @@ def test_stage_transitions_switch_losses_learning_rates_and_frozen_parts(tmp_pat
     real_step = trainer_module.train_step
     seen_stage = {"name": None}
 
-    def spy(model, batch, stage, optimizers, **kw):
+    def spy(model, batch, stage, optimizers, *args):
         if stage.name != seen_stage["name"]:  # snapshot at each stage's first step
             snapshots[stage.name] = {k: v.clone() for k, v in model.state_dict().items()}
             seen_stage["name"] = stage.name
-        return real_step(model, batch, stage, optimizers, **kw)
+        return real_step(model, batch, stage, optimizers, *args)
 
     monkeypatch.setattr(trainer_module, "train_step", spy)
     run = tmp_path / "run"

@@ -42,6 +42,13 @@ class JointModel(nn.Module):
         """``text`` is the batch dictionary made by the model's text processor."""
         return self.text_encoder(**text)
 
+    def forward(self, images: torch.Tensor, text: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encode_images(images), self.encode_texts(text)
+
+    def encoders(self) -> EncoderPair:
+        """The two encoders without the classifier, as one module (what DDP wraps in training)."""
+        return EncoderPair(self.image_encoder, self.text_encoder)
+
     def parts(self) -> dict[str, list[nn.Parameter]]:
         """Parameters by trainable part (every parameter belongs to exactly one part)."""
         backbone = self.image_encoder.backbone
@@ -52,6 +59,18 @@ class JointModel(nn.Module):
             "text": list(self.text_encoder.parameters()),
             "classifier": list(self.classifier.parameters()),
         }
+
+
+class EncoderPair(nn.Module):
+    """The image and text encoders of a :class:`JointModel` (shared, not copied)."""
+
+    def __init__(self, image_encoder: nn.Module, text_encoder: nn.Module):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+
+    def forward(self, images: torch.Tensor, text: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.image_encoder(images), self.text_encoder(**text)
 
 
 def resolve_model_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:

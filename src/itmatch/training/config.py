@@ -49,6 +49,8 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "device": "auto",
         "eval_batch_size": 1000,
+        "precision": "fp32",  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + grad scaler, CUDA only)
+        "accumulate": 1,  # micro-batches per step (negatives then come from the micro-batch only)
     },
     "stages": [],
 }

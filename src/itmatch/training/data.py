@@ -101,8 +101,17 @@ class PairBatches:
             "image_ids": image_rows,
         }
 
-    def epoch(self, seed: int, start_step: int = 0):
-        """Yield ``(step, batch)`` for one epoch, skipping the first ``start_step`` batches (resume)."""
+    def epoch(self, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        """Yield ``(step, batch)`` for one epoch, skipping the first ``start_step`` batches (resume).
+
+        ``batch_size`` is the global batch: with several ranks each takes its contiguous shard of
+        every global batch, so the union over ranks is exactly the single-process batch (unlike
+        torch's DistributedSampler, which interleaves the permutation across ranks).
+        """
+        from itmatch.training.distributed import shard_bounds
+
         order = self.order(seed)
         for step in range(start_step, len(self)):
-            yield step, self.batch(order[step * self.batch_size : (step + 1) * self.batch_size])
+            rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+            lo, hi = shard_bounds(len(rows), rank, world_size)
+            yield step, self.batch(rows[lo:hi])

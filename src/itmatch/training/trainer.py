@@ -28,19 +28,19 @@ import yaml
 from torch import nn
 
 from itmatch.errors import ItmatchError
-from itmatch.losses import (
-    classifier_accuracy,
-    classifier_loss,
-    confusion_loss,
-    dann_lambda,
-    modality_logits_and_labels,
-    triplet_ranking_loss,
-)
-from itmatch.models import JointModel, build_model, grad_reverse
+from itmatch.losses import classifier_accuracy, dann_lambda, modality_logits_and_labels
+from itmatch.models import JointModel, build_model
 from itmatch.models.text_processing import make_text_processor
 from itmatch.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from itmatch.training.data import PairBatches, corpus_features, train_val_corpora
+from itmatch.training.distributed import (
+    DistInfo,
+    barrier,
+    init_distributed,
+    shutdown_distributed,
+)
 from itmatch.training.schedule import Stage, parse_stages
+from itmatch.training.step import PRECISIONS, StepContext, train_step
 
 Logger = Callable[[dict[str, Any]], None]
 
@@ -106,81 +106,6 @@ def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], stage: Stag
             group["lr"] = stage.lr_for(group["part"], epoch)
 
 
-def _clip(optimizer: torch.optim.Optimizer | None, max_norm: float) -> None:
-    if optimizer is None or not max_norm:
-        return
-    params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-    if params:
-        torch.nn.utils.clip_grad_norm_(params, max_norm)
-
-
-def train_step(
-    model: JointModel,
-    batch: dict[str, Any],
-    stage: Stage,
-    optimizers: dict[str, torch.optim.Optimizer],
-    *,
-    margin: float,
-    grad_clip: float,
-    adv_lambda: float,
-) -> dict[str, float]:
-    """One optimisation step of ``stage`` on ``batch``; returns the logged values."""
-    model.train()
-    opt_enc = optimizers.get("encoders")
-    opt_d = optimizers.get("classifier")
-    encoders_learn = opt_enc is not None and (stage.rank is not None or stage.adversarial is not None)
-    with torch.set_grad_enabled(encoders_learn):
-        im = model.encode_images(batch["images"])
-        tx = model.encode_texts(batch["text"])
-    out: dict[str, float] = {}
-    loss = im.new_zeros(())
-    if stage.rank is not None:
-        rank = triplet_ranking_loss(
-            im, tx, margin=margin, max_violation=stage.rank == "max_violation", image_ids=batch["image_ids"]
-        )
-        loss = loss + rank
-        out["rank_loss"] = float(rank.detach())
-    adv = stage.adversarial
-    if adv is not None and adv.mode == "grl":
-        # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
-        logits, labels = modality_logits_and_labels(model.classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
-        d_loss = classifier_loss(logits, labels)
-        loss = loss + d_loss
-        out.update(d_loss=float(d_loss.detach()), d_acc=classifier_accuracy(logits.detach(), labels))
-    else:
-        if (stage.classifier or adv is not None) and opt_d is not None:
-            # Classifier step on the true labels, encoders untouched (detached embeddings).
-            logits, labels = modality_logits_and_labels(model.classifier, im.detach(), tx.detach())
-            d_loss = classifier_loss(logits, labels)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            _clip(opt_d, grad_clip)
-            opt_d.step()
-            out.update(d_loss=float(d_loss.detach()), d_acc=classifier_accuracy(logits.detach(), labels))
-            opt_d = None  # stepped already
-        if adv is not None:
-            logits, labels = modality_logits_and_labels(model.classifier, im, tx)
-            conf = confusion_loss(logits, labels, adv.objective)
-            loss = loss + adv_lambda * conf
-            out["confusion_loss"] = float(conf.detach())
-    if adv is not None:
-        out["lambda"] = adv_lambda
-    if loss.requires_grad:
-        for opt in optimizers.values():
-            opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if encoders_learn:
-            _clip(opt_enc, grad_clip)
-            opt_enc.step()
-        if opt_d is not None and adv is not None and adv.mode == "grl":
-            _clip(opt_d, grad_clip)
-            opt_d.step()
-        # In alternate mode the encoder loss also leaves gradients on the classifier: they are
-        # discarded (zeroed before the next classifier step), so the classifier never helps the encoders.
-    out["loss"] = float(loss.detach()) if (stage.rank or adv) else out.get("d_loss", 0.0)
-    return out
-
-
 @torch.no_grad()
 def embed_split(
     model: JointModel,
@@ -235,7 +160,7 @@ class MetricsLog:
 
 
 def train(
-    cfg: dict[str, Any],
+    cfg: dict[str, Any] | None,
     run_dir: str | Path,
     *,
     resume: bool = False,
@@ -248,6 +173,8 @@ def train(
     ``init_from``: a run folder or checkpoint whose model weights (and vocabulary) start this run,
     e.g. to run the adversarial stages on a trained baseline. ``log`` receives every metrics
     record (the CLI prints them). Returns the summary (also written to ``summary.json``).
+
+    Under ``torchrun`` every rank calls this; rank 0 alone writes the run folder and validates.
     """
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
@@ -259,17 +186,43 @@ def train(
         if cfg is not None and _without(cfg, "training") != _without(saved_cfg, "training"):
             raise ItmatchError(f"{run_dir}: --resume with a config that differs from the run's config.yaml")
         cfg = saved_cfg
+    elif cfg is None:
+        raise ItmatchError("train: a config is required unless resume=True")
     elif last_path.exists():
         raise ItmatchError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
     stages = parse_stages(cfg["stages"])
     tcfg = cfg["training"]
     seed = int(cfg["seed"])
     seed_everything(seed)
-    device = pick_device(tcfg["device"])
+    info, device = init_distributed(pick_device(tcfg["device"]))
+    try:
+        return _train(cfg, stages, run_dir, state, info, device, init_from, progress and info.is_main, log)
+    finally:
+        shutdown_distributed()
+
+
+def _train(
+    cfg: dict[str, Any],
+    stages: list[Stage],
+    run_dir: Path,
+    state: dict[str, Any] | None,
+    info: DistInfo,
+    device: torch.device,
+    init_from: str | Path | None,
+    progress: bool,
+    log: Logger | None,
+) -> dict[str, Any]:
+    tcfg = cfg["training"]
+    seed = int(cfg["seed"])
+    resume = state is not None
+    main = info.is_main
+    ckpt_dir = run_dir / "checkpoints"
+    last_path = ckpt_dir / "last.pt"
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     train_corpus, val_corpus = train_val_corpora(cfg["data"])
-    vocab = _prepare_vocab(cfg, run_dir, train_corpus, resume, init_from)
+    vocab = _prepare_vocab(cfg, run_dir, train_corpus, resume, init_from, save=main)
     processor = make_text_processor(cfg["model"], vocab)
     train_feats = torch.from_numpy(corpus_features(train_corpus, cfg["data"], progress=progress))
     val_feats = torch.from_numpy(corpus_features(val_corpus, cfg["data"], progress=progress))
@@ -286,16 +239,19 @@ def train(
         torch.set_rng_state(state["rng"])
     elif init_from is not None:
         model.load_state_dict(load_checkpoint(_checkpoint_path(init_from))["model"])
-    if not resume:
+    if main and not resume:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None)
+    metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None) if main else None
 
     def emit(record: dict[str, Any]) -> None:
-        metrics_log.write(record)
-        if log is not None:
-            log(record)
+        if metrics_log is not None:
+            metrics_log.write(record)
+            if log is not None:
+                log(record)
 
     def checkpoint(path: Path, optimizers: dict[str, torch.optim.Optimizer] | None) -> None:
+        if not main:
+            return
         save_checkpoint(
             path,
             {
@@ -322,10 +278,11 @@ def train(
                 opt.load_state_dict(state["optimizers"][key])
             set_learning_rates(optimizers, stage, progress_state.epoch)
         state = None  # only the first resumed stage restores optimizer state
+        ctx = step_context(model, cfg, info, device)
         steps_per_epoch = len(pairs)
         for epoch in range(progress_state.epoch, stage.epochs):
             set_learning_rates(optimizers, stage, epoch)
-            batches = pairs.epoch(epoch_seed(seed, stage_index, epoch), start_step=progress_state.step)
+            batches = pairs.epoch(epoch_seed(seed, stage_index, epoch), progress_state.step, info.rank, info.world_size)
             bar = _bar(progress, steps_per_epoch, progress_state.step, f"{stage.name} {epoch + 1}/{stage.epochs}")
             epoch_start = time.time()
             for step, batch in batches:
@@ -335,10 +292,7 @@ def train(
                 if stage.adversarial is not None:
                     a = stage.adversarial
                     adv_lambda = dann_lambda(done, a.lambda_) if a.schedule == "dann" else a.lambda_
-                values = train_step(
-                    model, batch, stage, optimizers,
-                    margin=float(cfg["loss"]["margin"]), grad_clip=float(tcfg["grad_clip"]), adv_lambda=adv_lambda,
-                )  # fmt: skip
+                values = train_step(model, batch, stage, optimizers, ctx, adv_lambda)
                 progress_state.step = step + 1
                 progress_state.global_step += 1
                 if bar is not None:
@@ -354,24 +308,25 @@ def train(
             if bar is not None:
                 bar.close()
             epoch_time = time.time() - epoch_start
-            val_im, val_tx = embed_split(model, val_feats, val_captions, processor.collate, int(tcfg["eval_batch_size"]), device)
-            val = validation_metrics(model, val_im, val_tx, seed)
-            record = _record(progress_state, stage, epoch, {f"val/{k}": v for k, v in val.items()})
-            record["epoch_time_s"] = epoch_time
-            is_best = stage.select == "rsum" and val["rsum"] > best.rsum
-            record["best"] = is_best
-            emit(record)
             progress_state.step = 0
             progress_state.epoch = epoch + 1
             if progress_state.epoch >= stage.epochs:
                 progress_state.stage, progress_state.epoch = stage_index + 1, 0
-            if is_best:
-                best = Best(val["rsum"], record)
-                checkpoint(ckpt_dir / "best.pt", None)
-            checkpoint(last_path, optimizers if progress_state.stage == stage_index else None)
+            if main:
+                val_im, val_tx = embed_split(model, val_feats, val_captions, processor.collate, int(tcfg["eval_batch_size"]), device)
+                val = validation_metrics(model, val_im, val_tx, seed)
+                record = _record(progress_state, stage, epoch, {f"val/{k}": v for k, v in val.items()})
+                record["epoch_time_s"] = epoch_time
+                record["best"] = stage.select == "rsum" and val["rsum"] > best.rsum
+                emit(record)
+                if record["best"]:
+                    best = Best(val["rsum"], record)
+                    checkpoint(ckpt_dir / "best.pt", None)
+                checkpoint(last_path, optimizers if progress_state.stage == stage_index else None)
+            barrier(info)  # the other ranks wait for validation and the checkpoint
         progress_state.stage, progress_state.epoch, progress_state.step = stage_index + 1, 0, 0
 
-    if not (ckpt_dir / "best.pt").exists():
+    if main and not (ckpt_dir / "best.pt").exists():
         # No stage selects on rsum (or none ran): the final model is the chosen one.
         checkpoint(ckpt_dir / "best.pt", None)
     summary = {
@@ -379,9 +334,42 @@ def train(
         "best": best.record,
         "global_steps": progress_state.global_step,
         "wall_time_s": time.time() - start,
+        "world_size": info.world_size,
     }
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    if main:
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2, sort_keys=True))
+    barrier(info)
     return summary
+
+
+def step_context(model: JointModel, cfg: dict[str, Any], info: DistInfo, device: torch.device) -> StepContext:
+    """How this stage's steps run; under torchrun the trainable parts are wrapped in DDP (per
+    stage, since DDP registers only the parameters that train)."""
+    tcfg = cfg["training"]
+    precision = tcfg["precision"]
+    if precision not in PRECISIONS:
+        raise ItmatchError(f"training.precision: {precision!r} is not one of {list(PRECISIONS)}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ItmatchError(f"training.precision: fp16 needs a CUDA device (this run uses {device}); use bf16")
+    ctx = StepContext(
+        margin=float(cfg["loss"]["margin"]),
+        grad_clip=float(tcfg["grad_clip"]),
+        accumulate=int(tcfg["accumulate"]),
+        device_type=device.type,
+        precision=precision,
+        dist=info,
+        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+    )
+    if info.enabled:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [device.index] if device.type == "cuda" else None
+        pair = model.encoders()
+        if any(p.requires_grad for p in pair.parameters()):
+            ctx.encoders = DDP(pair, device_ids=ids, broadcast_buffers=False)
+        if any(p.requires_grad for p in model.classifier.parameters()):
+            ctx.classifier = DDP(model.classifier, device_ids=ids, broadcast_buffers=False)
+    return ctx
 
 
 def _without(cfg: dict[str, Any], key: str) -> dict[str, Any]:
@@ -393,7 +381,7 @@ def _checkpoint_path(run_or_checkpoint: str | Path) -> Path:
     return p / "checkpoints" / "best.pt" if p.is_dir() else p
 
 
-def _prepare_vocab(cfg: dict[str, Any], run_dir: Path, train_corpus, resume: bool, init_from):
+def _prepare_vocab(cfg: dict[str, Any], run_dir: Path, train_corpus, resume: bool, init_from, save: bool = True):
     from itmatch.data.text import Vocabulary
 
     vocab_path = run_dir / "vocab.json"
@@ -404,7 +392,8 @@ def _prepare_vocab(cfg: dict[str, Any], run_dir: Path, train_corpus, resume: boo
     else:
         # Built from the training split only: never from validation or test captions.
         vocab = Vocabulary.build(train_corpus.flat_captions(), min_count=int(cfg["data"]["vocab_min_count"]))
-    vocab.save(vocab_path)
+    if save:
+        vocab.save(vocab_path)
     return vocab
 
 
