@@ -16,12 +16,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import tiny_overrides, write_precomp
 from itmatch.models import build_model
 from itmatch.training.distributed import DistInfo, init_distributed, shard_bounds, shutdown_distributed
 from itmatch.training.schedule import parse_stage
 from itmatch.training.step import StepContext, train_step
 from itmatch.training.trainer import make_optimizers, set_trainable, step_context
+
+from conftest import tiny_overrides, write_precomp
 
 VENV_BIN = Path(sys.executable).parent
 STAGES = {
