@@ -158,6 +158,11 @@ def test_tiny_end_to_end_recall_rises_well_above_chance(tmp_path, precomp_data, 
 def test_config_errors_are_clear(tmp_path):
     with pytest.raises(ConfigError, match=r"no key 'training.batchsize'"):
         load_config("vsepp", ["training.batchsize=3"])
+    with pytest.raises(ConfigError, match=r"'stages.nope' is neither a valid index nor a stage name"):
+        load_config("vsepp", ["stages.nope.epochs=3"])
+    cfg = load_config("vsepp", ["stages.*.lr=0.5", "stages.hardest.epochs=3", "stages.0.epochs=2"])
+    assert [s["lr"] for s in cfg["stages"]] == [0.5, 0.5]
+    assert [s["epochs"] for s in cfg["stages"]] == [2, 3]
     with pytest.raises(ConfigError, match=r"unknown recipe 'nope'"):
         load_config("nope")
     bad = dict(THREE_STAGES, stages=[{"name": "x", "epochs": 1, "lr": 1e-3, "train": ["image", "brain"], "rank": "sum"}])

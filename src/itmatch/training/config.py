@@ -90,32 +90,49 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(value)
 
 
-def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+def apply_overrides(cfg: dict[str, Any], overrides: Iterable[str], skip_missing_stages: bool = False) -> dict[str, Any]:
+    """Apply ``KEY.PATH=VALUE`` overrides. In the ``stages`` list an element is addressed by index
+    (``stages.1.epochs=3``), by stage name (``stages.hardest.epochs=3``) or all at once
+    (``stages.*.lr=1e-3``). With ``skip_missing_stages`` an override naming a stage the recipe
+    does not have is ignored (the comparison runner applies one set of overrides to several recipes).
+    """
     cfg = copy.deepcopy(cfg)
     for text in overrides:
         keys, value = parse_override(text)
-        node: Any = cfg
-        for i, key in enumerate(keys[:-1]):
-            if isinstance(node, list):
-                if not key.isdigit() or int(key) >= len(node):
-                    raise ConfigError(f"override {text!r}: {'.'.join(keys[: i + 1])} is not a valid list index")
-                node = node[int(key)]
-            elif isinstance(node, dict) and key in node:
-                node = node[key]
-            else:
-                raise ConfigError(f"override {text!r}: no key {'.'.join(keys[: i + 1])!r}")
-        last = keys[-1]
-        if isinstance(node, list):
-            if not last.isdigit() or int(last) >= len(node):
-                raise ConfigError(f"override {text!r}: {last!r} is not a valid list index")
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            if last not in node and not _stage_key(keys):
-                raise ConfigError(f"override {text!r}: no key {'.'.join(keys)!r}")
-            node[last] = value
-        else:
-            raise ConfigError(f"override {text!r}: {'.'.join(keys[:-1])!r} is not a section")
+        _set(cfg, keys, value, text, 0, skip_missing_stages)
     return cfg
+
+
+def _set(node: Any, keys: list[str], value: Any, text: str, depth: int, skip_missing_stages: bool) -> None:
+    key, last = keys[depth], depth == len(keys) - 1
+    where = ".".join(keys[: depth + 1])
+    if isinstance(node, list):
+        if key == "*":
+            targets = list(range(len(node)))
+        elif key.isdigit() and int(key) < len(node):
+            targets = [int(key)]
+        else:
+            targets = [i for i, item in enumerate(node) if isinstance(item, dict) and item.get("name") == key]
+            if not targets:
+                if skip_missing_stages and keys[0] == "stages":
+                    return
+                raise ConfigError(f"override {text!r}: {where!r} is neither a valid index nor a stage name")
+        for i in targets:
+            if last:
+                node[i] = value
+            else:
+                _set(node[i], keys, value, text, depth + 1, skip_missing_stages)
+    elif isinstance(node, dict):
+        if last:
+            if key not in node and not _stage_key(keys):
+                raise ConfigError(f"override {text!r}: no key {where!r}")
+            node[key] = value
+        elif key in node:
+            _set(node[key], keys, value, text, depth + 1, skip_missing_stages)
+        else:
+            raise ConfigError(f"override {text!r}: no key {where!r}")
+    else:
+        raise ConfigError(f"override {text!r}: {'.'.join(keys[:depth])!r} is not a section")
 
 
 def _stage_key(keys: list[str]) -> bool:
@@ -136,7 +153,9 @@ def resolve_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, A
     return cfg
 
 
-def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
+def load_config(
+    name_or_path: str | Path, overrides: Iterable[str] = (), skip_missing_stages: bool = False
+) -> dict[str, Any]:
     path = resolve_config_path(name_or_path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -144,7 +163,7 @@ def load_config(name_or_path: str | Path, overrides: Iterable[str] = ()) -> dict
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(_merge(DEFAULTS, raw, str(path)), overrides)
+    raw = apply_overrides(_merge(DEFAULTS, raw, str(path)), overrides, skip_missing_stages)
     return resolve_config(raw, where=str(path))
 
 

@@ -8,7 +8,7 @@ A stage (one entry of a recipe's ``stages`` list)::
     lr_parts: {backbone: 1e-6} # ... unless overridden per part
     lr_decay_epochs: 5         # multiply by lr_decay_gamma every N epochs of this stage (null: never)
     lr_decay_gamma: 0.1
-    train: [image, text, classifier]   # parts: image, backbone, text, classifier
+    train: [image, text, classifier]   # parts: image, backbone, text, text_backbone, classifier
     rank: max_violation        # null | sum | max_violation
     classifier: false          # train the modality classifier on true labels (encoders frozen or not)
     adversarial:               # null, or how the encoders fight the classifier
@@ -27,7 +27,7 @@ from typing import Any
 
 from itmatch.errors import ConfigError
 
-PARTS = ("image", "backbone", "text", "classifier")
+PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
 RANK_MODES = (None, "sum", "max_violation")
 ADV_MODES = ("grl", "alternate")
 ADV_SCHEDULES = ("constant", "dann")
@@ -69,7 +69,7 @@ class Stage:
 
     @property
     def trains_encoders(self) -> bool:
-        return any(p in self.train for p in ("image", "backbone", "text"))
+        return any(p in self.train for p in ("image", "backbone", "text", "text_backbone"))
 
     @property
     def trains_classifier(self) -> bool:

@@ -238,7 +238,12 @@ def _train(
         best = Best(state["best"]["rsum"], state["best"]["record"])
         torch.set_rng_state(state["rng"])
     elif init_from is not None:
-        model.load_state_dict(load_checkpoint(_checkpoint_path(init_from))["model"])
+        source = load_checkpoint(_checkpoint_path(init_from))
+        if source["config"]["model"] != cfg["model"]:
+            raise ItmatchError(
+                f"--init-from {init_from}: its model config {source['config']['model']} differs from this recipe's {cfg['model']}"
+            )
+        model.load_state_dict(source["model"])
     if main and not resume:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None) if main else None

@@ -1,0 +1,35 @@
+"""``itmatch tsne``: a 2-D t-SNE map of a run's image and text embeddings on a split."""
+
+from __future__ import annotations
+
+import argparse
+
+from itmatch.commands._common import add_data_arguments, eprint
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run's checkpoints/")
+    p.add_argument("--split", default="test")
+    add_data_arguments(p)
+    p.add_argument("-o", "--output", required=True, metavar="PNG")
+    p.add_argument("--max-points", type=int, default=1000, help="points per modality (subsampled)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.evaluation.plots import tsne_map
+    from itmatch.inference import Matcher
+    from itmatch.training.data import load_split
+
+    matcher = Matcher.from_run(args.run, args.checkpoint)
+    data_cfg = dict(matcher.config["data"])
+    for flag, key in (("format", "format"), ("data", "path"), ("image_root", "image_root")):
+        if getattr(args, flag):
+            data_cfg[key] = getattr(args, flag)
+    im, tx = matcher.embed_corpus(load_split(data_cfg, args.split), progress=True)
+    probe = invariance_metrics(im, tx)["probe_acc"]
+    title = f"{matcher.config.get('name', 'run')} ({args.split}): probe accuracy {probe:.1f}%"
+    tsne_map(im, tx, args.output, title=title, max_points=args.max_points)
+    eprint(f"wrote {args.output}")
+    return 0
