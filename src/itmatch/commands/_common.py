@@ -28,6 +28,15 @@ def data_overrides(args: argparse.Namespace) -> list[str]:
     return out
 
 
+def data_config_with_args(data_cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """A run's ``data`` config with ``--format/--data/--image-root`` applied (to score another data set)."""
+    out = dict(data_cfg)
+    for flag, key in (("format", "format"), ("data", "path"), ("image_root", "image_root")):
+        if getattr(args, flag, None):
+            out[key] = getattr(args, flag)
+    return out
+
+
 def format_metrics_table(rows: dict[str, dict[str, Any]], keys: tuple[str, ...]) -> str:
     """A fixed-width table, one row per named result."""
     name_w = max([len("model")] + [len(n) for n in rows])

@@ -64,11 +64,7 @@ def run(args: argparse.Namespace) -> int:
         from itmatch.training.data import load_split
 
         matcher = Matcher.from_run(args.run, args.checkpoint)
-        data_cfg = dict(matcher.config["data"])
-        for flag, key in (("format", "format"), ("data", "path"), ("image_root", "image_root")):
-            if getattr(args, flag):
-                data_cfg[key] = getattr(args, flag)
-        corpus = load_split(data_cfg, args.split)
+        corpus = load_split(data_config_with_args(matcher.config["data"], args), args.split)
         im, tx = matcher.embed_corpus(corpus, progress=not args.json)
         source = f"{args.run} ({matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
     else:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from itmatch.commands._common import add_data_arguments, eprint
+from itmatch.commands._common import add_data_arguments, data_config_with_args, eprint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,11 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from itmatch.training.data import load_split
 
     matcher = Matcher.from_run(args.run, args.checkpoint)
-    data_cfg = dict(matcher.config["data"])
-    for flag, key in (("format", "format"), ("data", "path"), ("image_root", "image_root")):
-        if getattr(args, flag):
-            data_cfg[key] = getattr(args, flag)
-    im, tx = matcher.embed_corpus(load_split(data_cfg, args.split), progress=True)
+    im, tx = matcher.embed_corpus(load_split(data_config_with_args(matcher.config["data"], args), args.split), progress=True)
     probe = invariance_metrics(im, tx)["probe_acc"]
     title = f"{matcher.config.get('name', 'run')} ({args.split}): probe accuracy {probe:.1f}%"
     tsne_map(im, tx, args.output, title=title, max_points=args.max_points)
