@@ -13,6 +13,7 @@ from itmatch.commands._common import (
     INVARIANCE_KEYS,
     RECALL_KEYS,
     add_data_arguments,
+    data_config_with_args,
     eprint,
     format_metrics_table,
 )
