@@ -15,8 +15,8 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("ITMATCH_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
-# Two cores on CI: keep torch from oversubscribing when pytest runs helper processes.
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# One intra-op thread: on a shared 2-core machine two threads contend and tiny ops slow ~10x.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

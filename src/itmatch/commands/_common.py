@@ -7,7 +7,6 @@ import json
 import sys
 from typing import Any
 
-RECALL_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr", "rsum")
 INVARIANCE_KEYS = ("probe_acc", "centroid_dist", "mmd", "classifier_acc")
 
 

@@ -11,13 +11,13 @@ import torch
 
 from itmatch.commands._common import (
     INVARIANCE_KEYS,
-    RECALL_KEYS,
     add_data_arguments,
     data_config_with_args,
     eprint,
     format_metrics_table,
 )
 from itmatch.errors import ItmatchError
+from itmatch.evaluation.recall import METRIC_KEYS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(metrics, sort_keys=True))
     else:
         eprint(f"{source}: {len(im)} images, {len(tx)} captions, protocol {args.protocol}")
-        print(format_metrics_table({"recall": metrics}, RECALL_KEYS))
+        print(format_metrics_table({"recall": metrics}, METRIC_KEYS))
         if not args.no_invariance:
             print()
             print(format_metrics_table({"invariance": metrics}, INVARIANCE_KEYS[:3]))

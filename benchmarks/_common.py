@@ -1,0 +1,149 @@
+"""Helpers shared by the benchmark scripts: machine facts, peak memory, and result files.
+
+Every script ends with ``write_result(NAME, payload)``, which writes
+``benchmarks/results/NAME.json`` holding the payload plus what is needed to judge and reproduce
+it: the command line, the date, the git commit, and the machine (CPU model, cores, memory,
+torch/numpy versions and threads, GPU if any, load average). Scripts import it as
+``from _common import write_result`` (Python puts the script's folder on ``sys.path``).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def _read_proc(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _proc_field(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (``/proc/cpuinfo``), or what ``platform`` knows."""
+    return _proc_field(_read_proc("/proc/cpuinfo"), "model name") or platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """1/5/15-minute load averages: above the core count means the machine was shared."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Facts about this machine and software that a benchmark number depends on."""
+    import numpy as np
+    import torch
+
+    mem_kb = _proc_field(_read_proc("/proc/meminfo"), "MemTotal")
+    flags = _proc_field(_read_proc("/proc/cpuinfo"), "flags") or ""
+    info: dict[str, Any] = {
+        "cpu_model": cpu_model(),
+        "cpu_flags_simd": sorted({f for f in flags.split() if f.startswith(("avx", "fma", "amx"))}),
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "memory_gb": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "torch_blas": "mkl" if torch.backends.mkl.is_available() else "other",
+        "numpy": np.__version__,
+        "omp_num_threads_env": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_write": load_average(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def command_line() -> str:
+    """The command that ran this script, as run from the repository root."""
+    argv = list(sys.argv)
+    if argv and argv[0]:
+        script = Path(argv[0]).resolve()
+        try:
+            argv[0] = str(script.relative_to(REPO_ROOT))
+        except ValueError:
+            argv[0] = str(script)
+    return shlex.join([".venv/bin/python", *argv])
+
+
+def git_state() -> dict[str, Any]:
+    """Commit and whether the working tree had uncommitted changes (None outside a git checkout)."""
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain")
+    return {"commit": commit, "dirty": bool(status) if status is not None else None}
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far (``VmHWM``), in MiB; None where /proc is absent."""
+    value = _proc_field(_read_proc("/proc/self/status"), "VmHWM")
+    return int(value.split()[0]) / 1024 if value else None
+
+
+def current_rss_mb() -> float | None:
+    """This process's resident memory now (``VmRSS``), in MiB."""
+    value = _proc_field(_read_proc("/proc/self/status"), "VmRSS")
+    return int(value.split()[0]) / 1024 if value else None
+
+
+def reset_peak_rss() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0); False when the kernel refuses."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def write_result(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``benchmarks/results/NAME.json``: the payload plus command, date, git and machine blocks.
+
+    The payload's own keys come after the bookkeeping ones; a payload key with the same name as
+    one of them (``name``, ``date``, ``command``, ``git``, ``machine``) is an error.
+    """
+    header = {
+        "name": name,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": command_line(),
+        "git": git_state(),
+        "machine": machine_info(),
+    }
+    clash = sorted(set(header) & set(payload))
+    if clash:
+        raise ValueError(f"write_result({name!r}): payload keys {clash} clash with the result header")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({**header, **payload}, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
