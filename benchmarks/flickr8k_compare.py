@@ -16,11 +16,10 @@ import argparse
 import shutil
 import time
 
-from flickr8k_setup import OVERRIDES, RUNS
-
 from itmatch.training.compare import run_comparison
 
 from _common import REPO_ROOT, write_result
+from flickr8k_setup import OVERRIDES, RUNS
 
 
 def main() -> None:

@@ -17,8 +17,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from flickr8k_setup import DATA, OVERRIDES, RUNS
-
 from itmatch.data import load_corpus
 from itmatch.inference import Matcher
 from itmatch.training.config import load_config
@@ -26,6 +24,7 @@ from itmatch.training.data import corpus_features
 from itmatch.training.trainer import train
 
 from _common import write_result
+from flickr8k_setup import DATA, OVERRIDES, RUNS
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from test_retrieval_support import search_setup
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

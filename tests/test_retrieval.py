@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_retrieval_support import N_INDEXED, search_setup
 
 from itmatch.cli import main
 from itmatch.errors import ItmatchError
@@ -27,6 +26,8 @@ from itmatch.retrieval import (
     recall_at_k,
 )
 from itmatch.retrieval.vectors import import_faiss
+
+from test_retrieval_support import N_INDEXED, search_setup
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,11 @@ import re
 
 import pytest
 from PIL import Image
-from test_retrieval_support import N_INDEXED, search_setup
 
 from itmatch.retrieval import IndexModelMismatchError, SearchEngine
 from itmatch.retrieval.service import STATIC_DIR, create_app
+
+from test_retrieval_support import N_INDEXED, search_setup
 
 fastapi = pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
