@@ -23,6 +23,6 @@ OVERRIDES = [
     "stages.hardest.epochs=7",
     "stages.hardest.lr_decay_epochs=5",
     "stages.classifier.epochs=1",
-    "stages.adversarial.epochs=4",
-    "stages.more.epochs=4",
+    "stages.adversarial.epochs=3",
+    "stages.more.epochs=3",
 ]
