@@ -50,10 +50,9 @@ def main() -> None:
     cached_s = time.perf_counter() - t
 
     run_dir = Path(RUNS) / f"vsepp-seed{args.seed}"
-    t = time.perf_counter()
     if not (run_dir / "summary.json").exists():
         train(cfg, run_dir, progress=True, resume=(run_dir / "checkpoints" / "last.pt").exists())
-    train_s = time.perf_counter() - t
+    train_s = json.loads((run_dir / "summary.json").read_text())["wall_time_s"]  # of the (last) training session
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     epoch_times = [r["epoch_time_s"] for r in records if "epoch_time_s" in r]
 
