@@ -51,6 +51,7 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 1000,
         "precision": "fp32",  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + grad scaler, CUDA only)
         "accumulate": 1,  # micro-batches per step (negatives then come from the micro-batch only)
+        "threads": None,  # torch intra-op threads; None: torch's default (on a busy CPU, 1 can be faster)
     },
     "stages": [],
 }
