@@ -69,7 +69,8 @@ def markdown_table(summary: dict[str, dict[str, dict[str, float]]], columns=TABL
         cells = []
         for key, _ in columns:
             m = metrics.get(key)
-            cells.append("-" if m is None else f"{m['mean']:.2f} ± {m['std']:.2f}" if key == "mmd" else f"{m['mean']:.1f} ± {m['std']:.1f}")
+            digits = 3 if key in ("centroid_dist", "mmd") else 1  # distances live in [0, 2]
+            cells.append("-" if m is None else f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}")
         n = next(iter(metrics.values()))["n"] if metrics else 0
         lines.append(f"| {spec} (n={n}) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
