@@ -1,9 +1,9 @@
 """Training throughput at batch 128 on precomputed features, and the GRU's achieved GFLOP/s
 next to this machine's measured float32 matmul GFLOP/s (the practical limit).
 
-    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--threads 2] [--device cpu] [--precision fp32]
+    .venv/bin/python benchmarks/train_throughput.py [--steps 20] [--threads 1] [--device cpu] [--precision fp32]
 
-Writes benchmarks/results/train_throughput[_DEVICE][_PRECISION].json (plain name for cpu/fp32). Caption lengths follow Flickr8k's (mean ~13.7
+Writes benchmarks/results/train_throughput[_DEVICE][_PRECISION][_Nthreads].json (plain name: cpu, fp32, 1 thread). Caption lengths follow Flickr8k's (mean ~13.7
 tokens with <start>/<end>); the model is the recipe default (d = 1024, 300-d words, one GRU layer,
 1280-d EfficientNet-Lite0 features), with the hardest-negative loss.
 """
@@ -54,7 +54,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
@@ -105,6 +105,7 @@ def main() -> None:
     gru_gflops = gru_flops(tokens, word_dim, d) / statistics.median(gru_times) / 1e9
     peak = matmul_gflops(device)
     suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("" if args.precision == "fp32" else f"_{args.precision}")
+    suffix += "" if args.threads == 1 or device.type != "cpu" else f"_{args.threads}threads"
     write_result(
         "train_throughput" + suffix,
         {
