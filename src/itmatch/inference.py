@@ -136,8 +136,18 @@ class Matcher:
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
 
     def embed_corpus(self, corpus: Corpus, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings of a corpus's N images and 5N captions (caption rows in image order)."""
-        from itmatch.training.data import corpus_features
+        """Embeddings of a corpus's N images and 5N captions (caption rows in image order).
 
-        images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress))
+        A model without a backbone reads the corpus's cached features (extracted once with the
+        run's ``data.feature_backbone``); a model with its own (possibly fine-tuned) backbone
+        embeds the photos through it and never reads cached features, which would be stale.
+        """
+        if self.model.image_encoder.backbone is not None:
+            from itmatch.training.data import check_photos
+
+            images = self.embed_images(check_photos(corpus))
+        else:
+            from itmatch.training.data import corpus_features
+
+            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress))
         return images, self.embed_texts(corpus.flat_captions())

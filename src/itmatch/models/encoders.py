@@ -18,7 +18,9 @@ class ImageEncoder(nn.Module):
 
     With ``backbone=None`` the input is a precomputed feature (N x feature_dim); with a backbone
     module (see :mod:`itmatch.features.backbones`) the input is a normalised image batch and the
-    backbone is part of the model (fine-tuned in stages that unfreeze it).
+    backbone is part of the model (fine-tuned in stages that unfreeze it). A model with a
+    backbone also reads that backbone's own precomputed features (a 2-D input skips it): the
+    trainer feeds cached features while the backbone is frozen and still pretrained.
     """
 
     def __init__(self, feature_dim: int, embed_dim: int, backbone: nn.Module | None = None):
@@ -31,7 +33,7 @@ class ImageEncoder(nn.Module):
         nn.init.zeros_(self.fc.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.backbone is not None:
+        if self.backbone is not None and x.dim() != 2:
             x = self.backbone(x)
         return l2_normalize(self.fc(x))
 

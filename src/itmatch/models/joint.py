@@ -13,7 +13,7 @@ from itmatch.models.classifier import ModalityClassifier
 from itmatch.models.encoders import GRUTextEncoder, ImageEncoder
 
 # Trainable parts a stage can switch on or off (see itmatch.training.schedule).
-PARTS = ("image", "backbone", "text", "classifier")
+PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
 
 MODEL_DEFAULTS: dict[str, Any] = {
     "embed_dim": 1024,
@@ -50,13 +50,20 @@ class JointModel(nn.Module):
         return EncoderPair(self.image_encoder, self.text_encoder)
 
     def parts(self) -> dict[str, list[nn.Parameter]]:
-        """Parameters by trainable part (every parameter belongs to exactly one part)."""
+        """Parameters by trainable part (every parameter belongs to exactly one part).
+
+        ``backbone``: the image CNN when the model has one; ``text_backbone``: a pretrained text
+        encoder's transformer (MiniLM), so its projection (part ``text``) can train alone.
+        """
         backbone = self.image_encoder.backbone
         backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
+        text_backbone = getattr(self.text_encoder, "backbone", None)
+        text_backbone_ids = {id(p) for p in text_backbone.parameters()} if text_backbone is not None else set()
         return {
             "image": [p for p in self.image_encoder.parameters() if id(p) not in backbone_ids],
             "backbone": list(backbone.parameters()) if backbone is not None else [],
-            "text": list(self.text_encoder.parameters()),
+            "text": [p for p in self.text_encoder.parameters() if id(p) not in text_backbone_ids],
+            "text_backbone": list(text_backbone.parameters()) if text_backbone is not None else [],
             "classifier": list(self.classifier.parameters()),
         }
 

@@ -1,4 +1,20 @@
-"""From a recipe's ``data`` section to what the trainer consumes: corpora, features, captions."""
+"""From a recipe's ``data`` section to what the trainer consumes: corpora, features, captions.
+
+Two input paths, chosen by ``model.backbone`` (see :func:`training_data`):
+
+- **Features** (``model.backbone: null``): the image encoder reads precomputed CNN features
+  (:func:`corpus_features`: extracted once into the cache, or a precomp corpus's own);
+  :class:`PairBatches` batches them in memory.
+- **Photos** (``model.backbone`` names a backbone): the model holds the CNN. Training batches
+  decode the photos in DataLoader worker processes with the backbone's training preprocessing
+  (random resized crop + horizontal flip, :data:`TRAIN_CROP_SCALE`), validation uses its
+  evaluation preprocessing (resize + centre crop). While the backbone is frozen *and still has
+  its pretrained weights* an epoch reads the cached features instead (the same numbers the
+  frozen backbone would compute on centre crops, at a fraction of the cost); once it has been
+  trained, or with ``data.features: none``, every epoch runs it on photos, so cached features
+  are never read stale. A run whose stages all train the backbone never touches the cache.
+  BatchNorm: see :func:`freeze_batchnorm_statistics`.
+"""
 
 from __future__ import annotations
 
@@ -60,6 +76,11 @@ def corpus_features(
     from itmatch.features.extract import FeatureStore, extract_features
 
     source = data_cfg.get("features") or "auto"
+    if source == "none":
+        raise ConfigError(
+            f"data.features: none, but the model reads precomputed features of {corpus.name}/{corpus.split}; "
+            "set model.backbone to train on photos, or data.features: auto"
+        )
     if source == "auto":
         from itmatch.training.config import default_cache_dir
 
@@ -77,6 +98,12 @@ def corpus_features(
     return np.array(store.lookup(corpus.image_ids), dtype=np.float32)
 
 
+def caption_order(n: int, seed: int) -> torch.Tensor:
+    """The shuffled caption rows of one epoch: a pure function of the epoch seed."""
+    g = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n, generator=g)
+
+
 @dataclass
 class PairBatches:
     """Training pairs (caption k, its image k // 5) of a corpus, batched by a seeded permutation."""
@@ -90,8 +117,7 @@ class PairBatches:
         return (len(self.captions) + self.batch_size - 1) // self.batch_size
 
     def order(self, seed: int) -> torch.Tensor:
-        g = torch.Generator().manual_seed(int(seed))
-        return torch.randperm(len(self.captions), generator=g)
+        return caption_order(len(self.captions), seed)
 
     def batch(self, caption_rows: torch.Tensor) -> dict[str, Any]:
         image_rows = caption_rows // 5
@@ -115,3 +141,344 @@ class PairBatches:
             rows = order[step * self.batch_size : (step + 1) * self.batch_size]
             lo, hi = shard_bounds(len(rows), rank, world_size)
             yield step, self.batch(rows[lo:hi])
+
+
+# --------------------------------------------------------------------------------------------
+# photos: models with their own backbone
+
+# Training crop area fraction. open_clip trains image-text models with (0.9, 1.0); torchvision's
+# (0.08, 1.0) ImageNet default often cuts away what a caption describes.
+TRAIN_CROP_SCALE = (0.9, 1.0)
+# Photos per forward pass when validating a model with a backbone (activation memory; on CPU,
+# small passes also avoid glibc re-mapping big activations on every call).
+PHOTO_EVAL_BATCH = 32
+
+
+def freeze_batchnorm_statistics(backbone: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
+    """Keep ``backbone``'s BatchNorm layers in evaluation mode, whatever mode the model is put in.
+
+    The normalisation then always uses the pretrained running statistics and never updates them
+    (BatchNorm's affine weight and bias still train with the backbone). Fine-tuning batches are
+    small, sharded across ranks or split into micro-batches, and the captions of one photo
+    repeat in a batch; batch statistics from them would be noisy and would differ between a
+    1-GPU and an 8-GPU run of the same recipe, while frozen statistics make every set-up compute
+    the same function. A backbone whose parameters are all frozen runs entirely in evaluation
+    mode (no stochastic depth either): it is a fixed feature extractor.
+
+    Implemented as a forward pre-hook (``JointModel.train()`` is called at every step); returns
+    its handle. Calling it twice on one module is harmless.
+    """
+    existing = getattr(backbone, "_itmatch_bn_hook", None)
+    if existing is not None:
+        return existing
+
+    def hook(module: torch.nn.Module, args: Any) -> None:
+        if not module.training:
+            return
+        if not any(p.requires_grad for p in module.parameters()):
+            module.eval()
+            return
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+    handle = backbone.register_forward_pre_hook(hook)
+    backbone._itmatch_bn_hook = handle
+    return handle
+
+
+def _item_seed(seed: int, row: int) -> int:
+    # One generator per (epoch, caption row): the crop of a row does not depend on which worker
+    # loads it or on where a resumed epoch starts.
+    return (int(seed) * 2_654_435_761 + int(row) * 40_503 + 1) % (2**63)
+
+
+class CaptionPhotos(torch.utils.data.Dataset):
+    """Item ``(row, seed)`` -> ``(pixels, row)``: the photo of caption row ``row`` (image ``row // 5``).
+
+    ``transform`` is a backbone's :class:`~itmatch.features.preprocess.ImageTransform`; with
+    ``train=True`` its random crop and flip come from a generator seeded by ``(seed, row)``.
+    """
+
+    def __init__(self, paths: Sequence[str | Path], transform: Any):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return 5 * len(self.paths)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        row, seed = item
+        path = self.paths[int(row) // 5]
+        generator = torch.Generator().manual_seed(_item_seed(seed, row)) if self.transform.train else None
+        try:
+            return self.transform(path, generator=generator), int(row)
+        except Exception as exc:  # PIL raises many types; a worker must say which file failed
+            from itmatch.errors import ItmatchError
+
+            raise ItmatchError(f"{path}: cannot read the image ({type(exc).__name__}: {exc})") from exc
+
+
+class _PhotoCollate:
+    """Stack pixels and build the batch dictionary (runs in the DataLoader workers)."""
+
+    def __init__(
+        self,
+        captions: list[Any],
+        collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]],
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
+        self.captions = captions
+        self.collate = collate
+        self.memory_format = memory_format
+
+    def __call__(self, items: list[tuple[torch.Tensor, int]]) -> dict[str, Any]:
+        rows = torch.tensor([row for _, row in items], dtype=torch.long)
+        return {
+            "images": torch.stack([pixels for pixels, _ in items]).contiguous(memory_format=self.memory_format),
+            "text": self.collate([self.captions[int(k)] for k in rows]),
+            "image_ids": rows // 5,
+        }
+
+
+class _BackboneState:
+    """Whether an epoch may read cached features: the backbone is frozen and still pristine.
+
+    Shared by the training batches and the validation images of one run. ``attach`` snapshots
+    the backbone right after the model is built (the pretrained weights, before any checkpoint
+    is loaded); a backbone found different from that snapshot is stale for good.
+    """
+
+    def __init__(self, allow_features: bool, load_features: Callable[[str], torch.Tensor]):
+        self.allow_features = allow_features
+        self._load_features = load_features
+        self._features: dict[str, torch.Tensor] = {}
+        self.backbone: torch.nn.Module | None = None
+        self._pristine: dict[str, torch.Tensor] | None = None
+        self.stale = False
+        self.epochs = {"features": 0, "photos": 0}  # training epochs by input path (observability)
+
+    def attach(self, backbone: torch.nn.Module) -> None:
+        self.backbone = backbone
+        if self.allow_features:
+            self._pristine = {k: v.detach().to("cpu", copy=True) for k, v in backbone.state_dict().items()}
+
+    def use_features(self) -> bool:
+        if not self.allow_features or self.stale:
+            return False
+        if self.backbone is None:
+            raise RuntimeError("training_data(...).attach(model) must be called before iterating")
+        if any(p.requires_grad for p in self.backbone.parameters()):
+            return False
+        assert self._pristine is not None
+        current = self.backbone.state_dict()
+        if any(not torch.equal(current[k].cpu(), v) for k, v in self._pristine.items()):
+            self.stale = True
+            self._pristine = None  # not needed any more
+            return False
+        return True
+
+    def features(self, which: str) -> torch.Tensor:
+        if which not in self._features:
+            self._features[which] = self._load_features(which)
+        return self._features[which]
+
+
+@dataclass
+class PhotoPairBatches:
+    """Training pairs of a corpus with photos: same order, steps and sharding as :class:`PairBatches`.
+
+    Each epoch reads either the cached features (backbone frozen and pristine) or the photos,
+    decoded and augmented by ``num_workers`` DataLoader processes.
+    """
+
+    photos: CaptionPhotos
+    captions: list[Any]
+    collate: Callable[[Sequence[Any]], dict[str, torch.Tensor]]
+    batch_size: int
+    state: _BackboneState
+    num_workers: int = 0
+    pin_memory: bool = False
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    def __len__(self) -> int:
+        return (len(self.captions) + self.batch_size - 1) // self.batch_size
+
+    def order(self, seed: int) -> torch.Tensor:
+        return caption_order(len(self.captions), seed)
+
+    def epoch(self, seed: int, start_step: int = 0, rank: int = 0, world_size: int = 1):
+        """Yield ``(step, batch)`` like :meth:`PairBatches.epoch`."""
+        if self.state.use_features():
+            self.state.epochs["features"] += 1
+            feats = PairBatches(self.state.features("train"), self.captions, self.collate, self.batch_size)
+            yield from feats.epoch(seed, start_step, rank, world_size)
+            return
+        self.state.epochs["photos"] += 1
+        from itmatch.training.distributed import shard_bounds
+
+        order = self.order(seed)
+        shards = []
+        for step in range(start_step, len(self)):
+            rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+            lo, hi = shard_bounds(len(rows), rank, world_size)
+            shards.append([(int(r), int(seed)) for r in rows[lo:hi]])
+        if not shards:
+            return
+        loader = torch.utils.data.DataLoader(
+            self.photos,
+            batch_sampler=shards,
+            num_workers=self.num_workers,
+            collate_fn=_PhotoCollate(self.captions, self.collate, self.memory_format),
+            pin_memory=self.pin_memory,
+            # Worker seeds from the epoch seed: the loader draws nothing from torch's global RNG,
+            # so a resumed run's dropout / stochastic depth stay in step with the original.
+            generator=torch.Generator().manual_seed(int(seed)),
+        )
+        yield from enumerate(loader, start=start_step)
+
+
+class PhotoImages:
+    """Validation images of a model with a backbone, sliced like an N x ... tensor.
+
+    ``images[a:b]`` is the cached features of those images while the backbone is frozen and
+    pristine, else their photos with the evaluation preprocessing (decoded here, in order).
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: Any,
+        state: _BackboneState,
+        which: str = "val",
+        memory_format: torch.memory_format = torch.contiguous_format,
+    ):
+        self.paths = [str(p) for p in paths]
+        self.transform = transform
+        self.state = state
+        self.which = which
+        self.memory_format = memory_format
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: slice) -> torch.Tensor:
+        if not isinstance(index, slice):
+            raise TypeError("PhotoImages supports slices only")
+        if self.state.use_features():
+            return self.state.features(self.which)[index]
+        photos = CaptionPhotos(self.paths, self.transform)
+        pixels = torch.stack([photos[(5 * i, 0)][0] for i in range(*index.indices(len(self.paths)))])
+        return pixels.contiguous(memory_format=self.memory_format)
+
+
+@dataclass
+class TrainingData:
+    """What the trainer consumes: training batches, validation images and captions."""
+
+    pairs: PairBatches | PhotoPairBatches
+    val_images: torch.Tensor | PhotoImages
+    val_captions: list[Any]
+    feature_dim: int  # what the image encoder's projection reads (the backbone's output size)
+    eval_batch_size: int
+    backbone_state: _BackboneState | None = None
+    channels_last: bool = False
+
+    def attach(self, model: torch.nn.Module) -> None:
+        """Call once, right after building the model and before loading any weights into it."""
+        backbone = model.image_encoder.backbone
+        if self.backbone_state is None:
+            return
+        if backbone is None:
+            raise ConfigError("training data was prepared for photos but the model has no backbone")
+        freeze_batchnorm_statistics(backbone)
+        if self.channels_last:
+            backbone.to(memory_format=torch.channels_last)
+        self.backbone_state.attach(backbone)
+
+
+def check_photos(corpus: Corpus) -> list[Path]:
+    """The corpus's photo paths; ImageReadError naming every missing one, ConfigError without a folder."""
+    from itmatch.errors import ImageReadError
+
+    if corpus.image_root is None:
+        raise ConfigError(
+            f"model.backbone needs photos, but {corpus.name}/{corpus.split} has precomputed features only; "
+            "use a data format with an image folder, or model.backbone: null"
+        )
+    paths = corpus.image_paths()
+    missing = {str(p): "no such file" for p in paths if not p.is_file()}
+    if missing:
+        raise ImageReadError(missing)
+    return paths
+
+
+def training_data(
+    cfg: dict[str, Any],
+    train_corpus: Corpus,
+    val_corpus: Corpus,
+    processor: Any,
+    progress: bool | Callable[[int, int], None] = False,
+    device: torch.device | None = None,
+) -> TrainingData:
+    """Training batches and validation inputs for a resolved recipe (see the module docstring).
+
+    Features path: reads (or extracts once into the cache) the features of both corpora now.
+    Photos path: reads no features now; cached features of ``model.backbone`` are read (or
+    extracted) only by an epoch that can use them, unless ``data.features`` is ``none``.
+    """
+    data_cfg, tcfg = cfg["data"], cfg["training"]
+    batch_size = int(tcfg["batch_size"])
+    train_captions = processor.encode(train_corpus.flat_captions())
+    val_captions = processor.encode(val_corpus.flat_captions())
+    backbone = cfg["model"].get("backbone")
+    if not backbone:
+        train_feats = torch.from_numpy(corpus_features(train_corpus, data_cfg, progress=progress))
+        val_feats = torch.from_numpy(corpus_features(val_corpus, data_cfg, progress=progress))
+        pairs = PairBatches(train_feats, train_captions, processor.collate, batch_size)
+        return TrainingData(pairs, val_feats, val_captions, int(train_feats.shape[1]), int(tcfg["eval_batch_size"]))
+
+    from itmatch.features.backbones import ensure_available
+
+    spec = ensure_available(backbone)  # names the extra to install when its library is missing
+    image_size = int(data_cfg.get("image_size", 224))
+    train_paths, val_paths = check_photos(train_corpus), check_photos(val_corpus)
+    source = data_cfg.get("features") or "auto"
+    if source not in ("auto", "none"):
+        _check_store_fits(Path(source), backbone, image_size)
+    cache_cfg = dict(data_cfg, feature_backbone=backbone)
+    corpora = {"train": train_corpus, "val": val_corpus}
+
+    def load(which: str) -> torch.Tensor:
+        return torch.from_numpy(corpus_features(corpora[which], cache_cfg, progress=progress))
+
+    state = _BackboneState(allow_features=source != "none", load_features=load)
+    # On CPU, channels-last convolutions train EfficientNet-Lite0 ~1.7x faster (its depthwise
+    # convolutions otherwise take a slow generic path); photo batches are made to match.
+    channels_last = device is None or device.type == "cpu"
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    pairs = PhotoPairBatches(
+        CaptionPhotos(train_paths, spec.transform(image_size, train=True, scale=TRAIN_CROP_SCALE)),
+        train_captions,
+        processor.collate,
+        batch_size,
+        state,
+        num_workers=int(tcfg.get("num_workers") or 0),
+        pin_memory=device is not None and device.type == "cuda",
+        memory_format=memory_format,
+    )
+    val_images = PhotoImages(val_paths, spec.transform(image_size, train=False), state, memory_format=memory_format)
+    eval_bs = min(int(tcfg["eval_batch_size"]), PHOTO_EVAL_BATCH)
+    return TrainingData(pairs, val_images, val_captions, int(spec.feature_dim), eval_bs, state, channels_last)
+
+
+def _check_store_fits(folder: Path, backbone: str, image_size: int) -> None:
+    """A ``data.features`` folder must hold features of the model's own backbone and preprocessing."""
+    from itmatch.features.extract import FeatureStore, cache_key
+
+    store = FeatureStore.open(folder)
+    if store.meta.get("key") != cache_key(backbone, None, image_size):
+        raise ConfigError(
+            f"data.features={folder}: its features ({store.backbone}, {store.meta.get('preprocessing')}) are not those of "
+            f"model.backbone={backbone!r} with its built-in weights at data.image_size={image_size}"
+        )

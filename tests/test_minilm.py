@@ -1,0 +1,188 @@
+"""The all-MiniLM-L6-v2 text encoder: the sentence-transformers recipe, frozen vs fine-tuned parts,
+and a tiny run through the trainer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from itmatch.inference import Matcher
+from itmatch.models import build_model
+from itmatch.models.minilm import MiniLMTextEncoder, MiniLMTextProcessor, minilm_path
+from itmatch.training.config import load_config
+from itmatch.training.trainer import set_trainable, train
+
+from conftest import write_precomp
+
+SENTENCES = [
+    "A brown dog jumps over a log on the grass.",
+    "Two children are playing football in a park",
+    "a man rides a bicycle down a busy city street .",
+    "Snow.",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # a loaded 2-core machine: spinning OpenMP threads only slow this down
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def encoder() -> MiniLMTextEncoder:
+    torch.manual_seed(0)
+    return MiniLMTextEncoder(embed_dim=16)
+
+
+@pytest.fixture(scope="module")
+def processor() -> MiniLMTextProcessor:
+    return MiniLMTextProcessor()
+
+
+def test_embeddings_match_the_sentence_transformers_recipe(encoder, processor, monkeypatch):
+    """Reference: transformers' own tokenizer and model, one sentence at a time (no padding), the
+    mean of all token states, L2-normalised: sentence-transformers' Transformer -> Pooling(mean)
+    -> Normalize pipeline of all-MiniLM-L6-v2."""
+    from transformers import AutoModel, AutoTokenizer
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = str(minilm_path())
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    reference_model = AutoModel.from_pretrained(path, local_files_only=True).eval()
+    expected = []
+    with torch.no_grad():
+        for sentence in SENTENCES:
+            tokens = tokenizer(sentence, return_tensors="pt")
+            states = reference_model(**tokens).last_hidden_state[0]
+            expected.append(torch.nn.functional.normalize(states.mean(dim=0), dim=0))
+    expected = torch.stack(expected)
+
+    encoded = processor.encode(SENTENCES)
+    assert encoded == [tokenizer(s)["input_ids"] for s in SENTENCES]  # same word pieces, [CLS] ... [SEP]
+    batch = processor.collate(encoded)  # padded: the mask must keep padding out of the mean
+    assert batch["attention_mask"].sum(1).tolist() == [len(e) for e in encoded]
+    encoder.eval()
+    with torch.no_grad():
+        ours = encoder.sentence_embedding(**batch)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=2e-5)
+    # Sanity of the pretrained space: a paraphrase is closer than an unrelated sentence.
+    with torch.no_grad():
+        e = encoder.sentence_embedding(
+            **processor(["a dog leaps over a fallen tree trunk", "stock prices fell sharply"])
+        )
+    assert float(ours[0] @ e[0]) > float(ours[0] @ e[1]) + 0.3
+    # The joint-space output: projection + L2 norm.
+    with torch.no_grad():
+        joint = encoder(**batch)
+    assert joint.shape == (4, 16)
+    torch.testing.assert_close(joint.norm(dim=1), torch.ones(4))
+
+
+def test_processor_truncates_and_pickles(processor):
+    import pickle
+
+    short = MiniLMTextProcessor(max_length=6)
+    ids = short.encode(["one two three four five six seven eight"])[0]
+    assert len(ids) == 6 and ids[0] == 101 and ids[-1] == 102  # [CLS] ... [SEP] kept
+    clone = pickle.loads(pickle.dumps(processor))  # DataLoader workers on spawn platforms
+    assert clone.encode(SENTENCES[:1]) == processor.encode(SENTENCES[:1])
+
+
+def test_frozen_transformer_trains_the_projection_only_and_is_memoised(processor):
+    torch.manual_seed(0)
+    model = build_model({"embed_dim": 16, "text_encoder": "minilm"}, vocab_size=1, feature_dim=8)
+    parts = model.parts()
+    text = model.text_encoder
+    assert {id(p) for p in parts["text"]} == {id(p) for p in text.fc.parameters()}
+    assert {id(p) for p in parts["text_backbone"]} == {id(p) for p in text.backbone.parameters()}
+
+    calls = {"n": 0}
+    text.backbone.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    batch = processor(SENTENCES)
+
+    from itmatch.training.schedule import parse_stage
+
+    frozen = parse_stage(
+        {"name": "p", "epochs": 1, "lr": 1e-2, "train": ["image", "text"], "rank": "sum"}, "t"
+    )
+    set_trainable(model, frozen)
+    model.train()
+    assert not text.backbone.training  # no dropout in a frozen sentence encoder
+    before = {k: v.clone() for k, v in text.state_dict().items()}
+    out = text(**batch)
+    lengths = len({len(e) for e in processor.encode(SENTENCES)})
+    assert calls["n"] == lengths < len(SENTENCES)  # new sentences are encoded one pass per length
+    out.sum().backward()
+    torch.optim.SGD(parts["text"], lr=0.1).step()
+    assert all(p.grad is None for p in parts["text_backbone"])
+    after = text.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("backbone."))
+    assert not torch.equal(before["fc.weight"], after["fc.weight"])
+    first = text.sentence_embedding(**batch)
+    assert calls["n"] == lengths  # memoised: the transformer did not run again
+    with torch.no_grad():
+        text.backbone.embeddings.word_embeddings.weight.mul_(1.5)  # a changed weight drops the memo
+    assert not torch.allclose(text.sentence_embedding(**batch), first)
+    assert calls["n"] > lengths
+
+    fine_tune = parse_stage(
+        {"name": "f", "epochs": 1, "lr": 1e-4, "train": ["text", "text_backbone"], "rank": "sum"}, "t"
+    )
+    set_trainable(model, fine_tune)
+    model.train()
+    assert text.backbone.training  # dropout on while the transformer trains
+    text(**batch).sum().backward()
+    assert all(p.grad is not None for p in text.backbone.encoder.layer[0].parameters())
+
+
+def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
+    data = write_precomp(tmp_path / "precomp", {"train": 12, "dev": 6})
+    recipe = {
+        "name": "minilm_tiny",
+        "model": {"text_encoder": "minilm", "embed_dim": 16},
+        "stages": [
+            {"name": "projection", "epochs": 1, "lr": 1e-3, "train": ["image", "text"], "rank": "sum"},
+            {"name": "transformer", "epochs": 1, "lr": 1e-3, "lr_parts": {"text_backbone": 1e-5},
+             "train": ["image", "text", "text_backbone"], "rank": "max_violation"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cfg = load_config(path, ["data.format=precomp", f"data.path={data}", "data.val_split=dev",
+                             "training.batch_size=20", "training.log_every=1", "data.vocab_min_count=1"])  # fmt: skip
+    import itmatch.training.trainer as trainer_module
+
+    snapshots = {}
+    real_step = trainer_module.train_step
+
+    def spy(model, batch, stage, *args):
+        snapshots.setdefault(
+            stage.name, {k: v.clone() for k, v in model.text_encoder.backbone.state_dict().items()}
+        )
+        assert set(batch["text"]) == {"input_ids", "attention_mask"}
+        return real_step(model, batch, stage, *args)
+
+    trainer_module.train_step = spy
+    try:
+        summary = train(cfg, tmp_path / "run")
+    finally:
+        trainer_module.train_step = real_step
+    assert summary["best"]["val/rsum"] >= 0
+    assert all(torch.equal(v, snapshots["transformer"][k]) for k, v in snapshots["projection"].items())
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    changed = [
+        k
+        for k, v in snapshots["transformer"].items()
+        if not torch.equal(v, final["text_encoder.backbone." + k])
+    ]
+    assert changed  # the transformer moved in the stage that trains it
+    # The GRU vocabulary is still written (unused by MiniLM, which brings its own tokenizer).
+    assert json.loads((tmp_path / "run" / "vocab.json").read_text())["words"]
+    matcher = Matcher.from_run(tmp_path / "run", "last")
+    emb = matcher.embed_texts(["a photo of w1 w2 w3"])
+    assert emb.shape == (1, 16) and abs(float(emb.norm()) - 1) < 1e-5
