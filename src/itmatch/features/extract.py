@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from itmatch.errors import ImageReadError, ItmatchError
 from itmatch.features.backbones import backbone_spec, get_backbone, resolve_weights, weights_identity
 from itmatch.features.preprocess import ImageTransform
+from itmatch.fileio import exclusive_lock
 
 if TYPE_CHECKING:
     from itmatch.data.corpus import Corpus
@@ -513,21 +514,6 @@ def _write_sidecar(folder: Path, meta: dict[str, Any]) -> None:
     os.replace(tmp, folder / SIDECAR_FILE)
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the store folder (POSIX); a second writer gets a clear error."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            yield
-            return
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ItmatchError(f"{folder} is being written by another extraction; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _exclusive(folder: Path):
+    """An exclusive lock on the folder: a second writer gets a clear error instead of waiting."""
+    return exclusive_lock(folder / LOCK_FILE, f"{folder} is being written by another extraction; wait for it to finish")

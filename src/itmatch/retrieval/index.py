@@ -23,7 +23,6 @@ since vectors of two models live in different spaces.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import csv
 import hashlib
@@ -31,7 +30,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ import numpy as np
 import torch
 
 from itmatch.errors import ImageReadError, ItmatchError
+from itmatch.fileio import exclusive_lock
 from itmatch.retrieval.vectors import APPROXIMATE_METHODS, ExactSearch, FaissSearch, VectorSearch
 
 INDEX_FORMAT = "itmatch-photo-index"
@@ -319,23 +319,9 @@ def read_captions(path: str | Path) -> list[tuple[str, str | None]]:
 # --- writing ------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path) -> Iterator[None]:
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK_FILE, "a+") as fh:
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no locking
-            yield
-            return
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise ItmatchError(f"index {folder} is being updated by another itmatch index; wait for it to finish") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+def _exclusive(folder: Path):
+    """An exclusive lock on the folder: a second writer gets a clear error instead of waiting."""
+    return exclusive_lock(folder / LOCK_FILE, f"index {folder} is being updated by another itmatch index; wait for it to finish")
 
 
 def _write_file(path: Path, write: Callable[[Any], None]) -> None:
