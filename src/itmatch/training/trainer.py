@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 import torch
 import yaml
-from torch import nn
 
 from itmatch.errors import ItmatchError
 from itmatch.losses import classifier_accuracy, dann_lambda
@@ -431,6 +430,3 @@ def _bar(enabled: bool, total: int, initial: int, desc: str):
 
     return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
