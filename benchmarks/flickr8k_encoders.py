@@ -18,7 +18,8 @@ Variants (``NAME: recipe [@ base run]``) and what they run:
 - ``minilm``, ``minilm_ft``, ``minilm_adv``, ``minilm_adv_ft``: the same with
   ``model.text_encoder=minilm`` (the transformer stays frozen: its projection trains).
 - ``minilm_tft``: vsepp_minilm's ``text_finetune`` stage alone @ minilm (the transformer trains).
-- ``minilm_full`` (+ ``minilm_full_tft``): frozen MiniLM at the vsepp recipe's own size (d = 1024,
+- ``minilm_ft_tft``: the same stage @ minilm_ft (both encoders fine-tuned, one epoch each).
+- ``minilm_full`` (+ ``minilm_full_ft``, ``minilm_full_tft``): frozen MiniLM at the vsepp recipe's own size (d = 1024,
   1 + 15 epochs), affordable because frozen-MiniLM epochs take seconds.
 
 Every setting shared with flickr8k_compare.py comes from flickr8k_setup.py (d = 512, 1 + 7
@@ -71,13 +72,17 @@ VARIANTS: dict[str, tuple[str, str | None, list[str]]] = {
     "minilm_adv_ft": ("finetune_adv", "minilm_adv", BACKBONE + MINILM + FT_OVERRIDES),
     # The MiniLM transformer fine-tuned too (part text_backbone): vsepp_minilm's last stage alone.
     "minilm_tft": ("vsepp_minilm", "minilm", BACKBONE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
+    # Both fine-tuned: the transformer's epoch on top of the fine-tuned-CNN run (its frozen, no longer
+    # pretrained backbone now runs on photos).
+    "minilm_ft_tft": ("vsepp_minilm", "minilm_ft", BACKBONE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
     # Frozen MiniLM epochs cost seconds (memoised sentences), so the vsepp recipe's own size fits:
     # d = 1024 and 1 + 15 epochs instead of flickr8k_setup's cut (512, 1 + 7).
     "minilm_full": ("vsepp", None, BACKBONE + MINILM + FULL_SIZE),
+    "minilm_full_ft": ("finetune", "minilm_full", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES),
     "minilm_full_tft": ("vsepp_minilm", "minilm_full", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
 }
-ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
-             "minilm_adv_ft", "minilm_full", "minilm_full_tft"]  # fmt: skip
+ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "minilm_ft_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
+             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft"]  # fmt: skip
 DESCRIPTIONS = {
     "vsepp": "frozen features + GRU (plain vsepp recipe, no backbone in the model)",
     "gru": "frozen features + GRU (backbone in the model, frozen: cached features)",
@@ -89,7 +94,9 @@ DESCRIPTIONS = {
     "minilm_adv": "frozen features + MiniLM + adversarial stages",
     "minilm_adv_ft": "fine-tuned backbone + MiniLM + adversarial",
     "minilm_tft": "frozen features + MiniLM, transformer fine-tuned 1 epoch",
+    "minilm_ft_tft": "fine-tuned backbone + MiniLM, then the transformer fine-tuned 1 epoch",
     "minilm_full": "frozen features + MiniLM, vsepp recipe size (d 1024, 1 + 15 epochs)",
+    "minilm_full_ft": "minilm_full + fine-tuned backbone",
     "minilm_full_tft": "minilm_full + transformer fine-tuned 1 epoch",
 }
 
