@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from itmatch.models import build_model
@@ -67,8 +68,10 @@ def grads_of(stage_name: str, batch: dict, info: DistInfo) -> tuple[dict[str, fl
 
 
 def _worker(rank: int, world: int, port: int, stage_name: str, n: int, out: str) -> None:
+    # The test process hosts the rendezvous store, as torchrun's agent does: were rank 0 to host
+    # it, rank 0 exiting first could pull the store from under rank 1's teardown (SIGABRT in CI).
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))  # fmt: skip
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), TORCHELASTIC_USE_AGENT_STORE="True")  # fmt: skip
     torch.set_num_threads(1)
     info, _ = init_distributed(torch.device("cpu"), timeout_s=60)
     try:
@@ -82,7 +85,8 @@ def _worker(rank: int, world: int, port: int, stage_name: str, n: int, out: str)
 @pytest.mark.parametrize("stage_name", ["sum", "max_violation", "grl", "alternate"])
 def test_two_ranks_of_64_equal_one_rank_of_128(tmp_path, stage_name, n):
     out = str(tmp_path / "result")
-    mp.spawn(_worker, args=(2, free_port(), stage_name, n, out), nprocs=2, join=True)
+    store = dist.TCPStore("127.0.0.1", 0, world_size=2, is_master=True, wait_for_workers=False)
+    mp.spawn(_worker, args=(2, store.port, stage_name, n, out), nprocs=2, join=True)
     ref_values, ref_grads = grads_of(stage_name, make_batch(n), DistInfo())
     assert ref_grads, "the reference step produced no gradients"
     for rank in range(2):

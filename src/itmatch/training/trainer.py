@@ -378,9 +378,9 @@ def step_context(model: JointModel, cfg: dict[str, Any], info: DistInfo, device:
         ids = [device.index] if device.type == "cuda" else None
         pair = model.encoders()
         if any(p.requires_grad for p in pair.parameters()):
-            ctx.encoders = DDP(pair, device_ids=ids, broadcast_buffers=False)
+            ctx.encoders = DDP(pair, device_ids=ids, forward_sync_buffers=False)
         if any(p.requires_grad for p in model.classifier.parameters()):
-            ctx.classifier = DDP(model.classifier, device_ids=ids, broadcast_buffers=False)
+            ctx.classifier = DDP(model.classifier, device_ids=ids, forward_sync_buffers=False)
     return ctx
 
 
