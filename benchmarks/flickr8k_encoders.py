@@ -18,9 +18,10 @@ Variants (``NAME: recipe [@ base run]``) and what they run:
 - ``minilm``, ``minilm_ft``, ``minilm_adv``, ``minilm_adv_ft``: the same with
   ``model.text_encoder=minilm`` (the transformer stays frozen: its projection trains).
 - ``minilm_tft``: vsepp_minilm's ``text_finetune`` stage alone @ minilm (the transformer trains).
-- ``minilm_ft_tft``: the same stage @ minilm_ft (both encoders fine-tuned, one epoch each).
-- ``minilm_full`` (+ ``minilm_full_ft``, ``minilm_full_tft``): frozen MiniLM at the vsepp recipe's own size (d = 1024,
-  1 + 15 epochs), affordable because frozen-MiniLM epochs take seconds.
+- ``minilm_full`` (+ ``minilm_full_ft``, ``minilm_full_tft``): frozen MiniLM at the vsepp recipe's own size
+  (d = 1024, 1 + 15 epochs), affordable because frozen-MiniLM epochs take seconds.
+- ``minilm_full_ft_tft``: the transformer's stage @ minilm_full_ft (both encoders fine-tuned, one
+  epoch each; the CNN, frozen again but no longer the cached one, runs on photos).
 
 Every setting shared with flickr8k_compare.py comes from flickr8k_setup.py (d = 512, 1 + 7
 baseline epochs, 1 thread); each fine-tuning stage runs one epoch (FT_OVERRIDES), sized for a
@@ -72,17 +73,16 @@ VARIANTS: dict[str, tuple[str, str | None, list[str]]] = {
     "minilm_adv_ft": ("finetune_adv", "minilm_adv", BACKBONE + MINILM + FT_OVERRIDES),
     # The MiniLM transformer fine-tuned too (part text_backbone): vsepp_minilm's last stage alone.
     "minilm_tft": ("vsepp_minilm", "minilm", BACKBONE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
-    # Both fine-tuned: the transformer's epoch on top of the fine-tuned-CNN run (its frozen, no longer
-    # pretrained backbone now runs on photos).
-    "minilm_ft_tft": ("vsepp_minilm", "minilm_ft", BACKBONE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
     # Frozen MiniLM epochs cost seconds (memoised sentences), so the vsepp recipe's own size fits:
     # d = 1024 and 1 + 15 epochs instead of flickr8k_setup's cut (512, 1 + 7).
     "minilm_full": ("vsepp", None, BACKBONE + MINILM + FULL_SIZE),
     "minilm_full_ft": ("finetune", "minilm_full", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES),
     "minilm_full_tft": ("vsepp_minilm", "minilm_full", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
+    # Both fine-tuned: the transformer's epoch on top of the fine-tuned-CNN run.
+    "minilm_full_ft_tft": ("vsepp_minilm", "minilm_full_ft", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
 }
-ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "minilm_ft_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
-             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft"]  # fmt: skip
+ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
+             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft", "minilm_full_ft_tft"]  # fmt: skip
 DESCRIPTIONS = {
     "vsepp": "frozen features + GRU (plain vsepp recipe, no backbone in the model)",
     "gru": "frozen features + GRU (backbone in the model, frozen: cached features)",
@@ -94,10 +94,10 @@ DESCRIPTIONS = {
     "minilm_adv": "frozen features + MiniLM + adversarial stages",
     "minilm_adv_ft": "fine-tuned backbone + MiniLM + adversarial",
     "minilm_tft": "frozen features + MiniLM, transformer fine-tuned 1 epoch",
-    "minilm_ft_tft": "fine-tuned backbone + MiniLM, then the transformer fine-tuned 1 epoch",
     "minilm_full": "frozen features + MiniLM, vsepp recipe size (d 1024, 1 + 15 epochs)",
     "minilm_full_ft": "minilm_full + fine-tuned backbone",
     "minilm_full_tft": "minilm_full + transformer fine-tuned 1 epoch",
+    "minilm_full_ft_tft": "minilm_full_ft + transformer fine-tuned 1 epoch (both encoders fine-tuned)",
 }
 
 
@@ -286,7 +286,6 @@ def main() -> None:
         print(json.dumps(results["measure"], indent=2))
     elif args.command == "run":
         torch.set_num_threads(1)  # as training.threads in flickr8k_setup; scoring runs here too
-        variants = results.setdefault("variants", {})
         for name in args.variants:
             if name == "vsepp":
                 row = plain_vsepp()
@@ -296,11 +295,13 @@ def main() -> None:
                 raise SystemExit(f"unknown variant {name!r}; known: vsepp, {', '.join(VARIANTS)}")
             else:
                 row = run_variant(name)
-            variants[name] = row
-            print(f"{name}: dev rsum {row['dev_1k']['rsum']:.1f}, probe {row['dev_1k']['probe_acc']:.1f}%", flush=True)
+            # Re-read before writing: other chains of variants may run (and save) meanwhile.
+            results = load_results()
+            results.setdefault("variants", {})[name] = row
             save(results)
+            print(f"{name}: dev rsum {row['dev_1k']['rsum']:.1f}, probe {row['dev_1k']['probe_acc']:.1f}%", flush=True)
     print(table(results.get("variants", {})))
-    if args.command != "table":
+    if args.command == "measure":
         save(results)
 
 

@@ -1,8 +1,9 @@
 """Recipes: YAML configs with defaults, validation and ``key.path=value`` overrides.
 
 A recipe is plain data: ``data``, ``model``, ``loss``, ``training`` sections and a list of
-``stages`` (see :mod:`itmatch.training.schedule`). Named recipes live in the repository's
-``configs/`` folder (``vsepp``, ``miie``, ...); a path to any YAML file works too.
+``stages`` (see :mod:`itmatch.training.schedule`). Named recipes (``vsepp``, ``miie``, ...) ship
+inside the package, in ``itmatch/configs/`` (``configs/`` at the repository root links there), so
+an installed itmatch finds them too; a path to any YAML file works as well.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from itmatch.errors import ConfigError
 from itmatch.models.joint import MODEL_DEFAULTS
 from itmatch.training.schedule import parse_stages
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data (``configs/`` at the repository root links here)
 
 DEFAULTS: dict[str, Any] = {
     "name": "run",
