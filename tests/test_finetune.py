@@ -283,6 +283,46 @@ def test_optional_backbone_that_is_not_installed_names_the_extra(tmp_path, photo
     assert "pip install 'itmatch[torchvision]'" in capsys.readouterr().err
 
 
+def test_backbone_weights_file_feeds_the_model_and_its_feature_cache(tmp_path, photos):
+    from itmatch.features.backbones import file_sha256, get_backbone
+    from itmatch.features.extract import FeatureStore
+    from itmatch.models import build_model
+
+    # Weights that differ from the built-in ones: the packaged ImageNet weights, head conv halved.
+    state = get_backbone("efficientnet_lite0").state_dict()
+    head = next(k for k in state if k.startswith("_conv_head"))
+    state[head] = state[head] * 0.5
+    weights = tmp_path / "lite0-custom.pt"
+    torch.save(state, weights)
+
+    cache = tmp_path / "cache"
+    stages = [dict(FROZEN, name="frozen")]
+    cfg = load_config(recipe(tmp_path, stages), overrides(photos, cache, f"model.backbone_weights={weights}"))
+    run = tmp_path / "run"
+    train(cfg, run)
+    final = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["model"]
+    torch.testing.assert_close(final[f"image_encoder.backbone.{head}"], state[head])  # frozen: still the file's
+    # The frozen epoch read cached features, and they are those of the file's weights.
+    stores = [FeatureStore.open(d) for d in cache.iterdir() if d.is_dir()]
+    assert stores and {s.meta["key"]["weights"] for s in stores} == {f"sha256:{file_sha256(weights)}"}
+
+    # A checkpoint holds its backbone: the run still loads once the weights file is gone.
+    reference = Matcher.from_run(run, "last").embed_images(load_corpus("flickr8k", str(photos), "dev").image_paths())
+    weights.unlink()
+    matcher = Matcher.from_run(run, "last")
+    torch.testing.assert_close(matcher.embed_images(load_corpus("flickr8k", str(photos), "dev").image_paths()), reference)
+
+    # No built-in weights and no file: a clear error naming the setting (nothing is downloaded).
+    with pytest.raises(ItmatchError, match=r"model.backbone_weights: backbone 'resnet152' has no built-in weights"):
+        build_model({"backbone": "resnet152", "embed_dim": 16}, vocab_size=10)
+    features_cfg = load_config(recipe(tmp_path, stages, backbone=None),
+                               overrides(photos, cache, "data.feature_backbone=vgg19"))  # fmt: skip
+    with pytest.raises(ItmatchError, match=r"data.feature_weights: backbone 'vgg19' has no built-in weights"):
+        train(features_cfg, tmp_path / "run2")
+    with pytest.raises(ItmatchError, match=r"weights file .*missing.pt for backbone 'efficientnet_lite0' does not exist"):
+        build_model({"backbone": "efficientnet_lite0", "backbone_weights": str(tmp_path / "missing.pt")}, 10)
+
+
 def test_photo_runs_need_photos_and_a_matching_feature_folder(tmp_path, precomp_data, photos):
     from itmatch.errors import ConfigError
 

@@ -67,7 +67,7 @@ class Matcher:
                 raise ItmatchError(f"checkpoint {path} is not an itmatch checkpoint (no {key!r})")
         cfg = state["config"]
         vocab = Vocabulary.from_dict(state["vocab"])
-        model = build_model(cfg["model"], vocab_size=len(vocab), feature_dim=int(state["feature_dim"]))
+        model = build_model(cfg["model"], len(vocab), int(state["feature_dim"]), pretrained_backbone=False)
         model.load_state_dict(state["model"])
         dev = pick_device(device)
         return cls(model.to(dev), make_text_processor(cfg["model"], vocab), cfg, path, dev, file_sha256(path))
@@ -110,9 +110,11 @@ class Matcher:
         if self.model.image_encoder.backbone is not None:
             return pixels
         if self._feature_backbone is None:
-            from itmatch.features.backbones import get_backbone
+            from itmatch.features.backbones import get_backbone, require_weights
 
-            self._feature_backbone = get_backbone(self.config["data"]["feature_backbone"]).to(self.device).eval()
+            name, weights = self.config["data"]["feature_backbone"], self.config["data"].get("feature_weights")
+            weights = require_weights(name, weights, "data.feature_weights")
+            self._feature_backbone = get_backbone(name, weights).to(self.device).eval()
         return self._feature_backbone(pixels)
 
     @torch.no_grad()

@@ -102,6 +102,22 @@ def file_sha256(path: str | Path) -> str:
     return _HASH_CACHE[key]
 
 
+def require_weights(name: str, weights: str | Path | None, key: str) -> Path:
+    """The weights file a run's backbone loads (``key`` names the config setting, for the error).
+
+    Training on features of a randomly initialised CNN is never what a recipe means, so a
+    backbone without built-in weights (the torchvision ones) needs a local file here; itmatch
+    never downloads one.
+    """
+    path = resolve_weights(name, weights)
+    if path is None:
+        raise ItmatchError(
+            f"{key}: backbone {name!r} has no built-in weights and none were given; set {key} to a local "
+            f"state dict file (e.g. torchvision's ImageNet weights for {name}, downloaded beforehand)"
+        )
+    return path
+
+
 def weights_identity(name: str, weights: str | Path | None) -> str:
     """``"sha256:<hex>"`` of the weights file ``get_backbone`` would load, or ``"random-init"``."""
     path = resolve_weights(name, weights)

@@ -23,6 +23,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "classifier_hidden": None,  # None -> [d/2, d/4]
     "classifier_dropout": 0.0,
     "backbone": None,  # None: precomputed features; a backbone name: raw images, backbone in the model
+    "backbone_weights": None,  # the backbone's weights file; None: built-in (efficientnet_lite0 only)
 }
 
 
@@ -88,19 +89,26 @@ def resolve_model_config(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     return {**MODEL_DEFAULTS, **cfg}
 
 
-def build_model(cfg: Mapping[str, Any], vocab_size: int, feature_dim: int | None = None) -> JointModel:
+def build_model(
+    cfg: Mapping[str, Any], vocab_size: int, feature_dim: int | None = None, pretrained_backbone: bool = True
+) -> JointModel:
     """Build a :class:`JointModel` from a model config (see ``MODEL_DEFAULTS``).
 
     ``feature_dim`` is the precomputed feature size; it is ignored when ``cfg["backbone"]`` names a
-    backbone (the backbone's own output size is used).
+    backbone (the backbone's own output size is used). The backbone loads its built-in weights or
+    ``cfg["backbone_weights"]``; ``pretrained_backbone=False`` skips that (for a model whose
+    checkpoint is loaded next, which holds the backbone, so the weights file need not exist).
     """
     cfg = resolve_model_config(cfg)
     d = int(cfg["embed_dim"])
     backbone = None
     if cfg["backbone"]:
-        from itmatch.features.backbones import get_backbone
+        from itmatch.features.backbones import get_backbone, require_weights
 
-        backbone = get_backbone(cfg["backbone"])
+        name = cfg["backbone"]
+        # Without pretrained_backbone: built-in weights or a seeded random init, both overwritten next.
+        weights = require_weights(name, cfg["backbone_weights"], "model.backbone_weights") if pretrained_backbone else None
+        backbone = get_backbone(name, weights)
         feature_dim = int(backbone.feature_dim)
     if feature_dim is None:
         raise ConfigError("build_model: feature_dim is required when model.backbone is not set")

@@ -36,6 +36,7 @@ DEFAULTS: dict[str, Any] = {
         "max_train_images": None,
         "features": "auto",  # auto: extract with feature_backbone into the cache; or a features folder
         "feature_backbone": "efficientnet_lite0",
+        "feature_weights": None,  # the feature backbone's weights file; None: built-in (efficientnet_lite0)
         "feature_cache": None,  # None: $ITMATCH_CACHE or ~/.cache/itmatch
         "vocab_min_count": 4,
         "image_size": 224,

@@ -84,12 +84,16 @@ def corpus_features(
     if source == "auto":
         from itmatch.training.config import default_cache_dir
 
+        from itmatch.features.backbones import require_weights
+
         cache = Path(data_cfg.get("feature_cache") or default_cache_dir() / "features")
+        backbone = data_cfg["feature_backbone"]
         store = extract_features(
             corpus.image_root,
             corpus.image_ids,
             cache,
-            backbone=data_cfg["feature_backbone"],
+            backbone=backbone,
+            weights=require_weights(backbone, data_cfg.get("feature_weights"), "data.feature_weights"),
             progress=progress,
             image_size=int(data_cfg.get("image_size", 224)),
         )
@@ -444,9 +448,11 @@ def training_data(
     image_size = int(data_cfg.get("image_size", 224))
     train_paths, val_paths = check_photos(train_corpus), check_photos(val_corpus)
     source = data_cfg.get("features") or "auto"
+    weights = cfg["model"].get("backbone_weights")
     if source not in ("auto", "none"):
-        _check_store_fits(Path(source), backbone, image_size)
-    cache_cfg = dict(data_cfg, feature_backbone=backbone)
+        _check_store_fits(Path(source), backbone, weights, image_size)
+    # cached features are those of the model's own backbone and weights (read while it is pristine)
+    cache_cfg = dict(data_cfg, feature_backbone=backbone, feature_weights=weights)
     corpora = {"train": train_corpus, "val": val_corpus}
 
     def load(which: str) -> torch.Tensor:
@@ -472,13 +478,14 @@ def training_data(
     return TrainingData(pairs, val_images, val_captions, int(spec.feature_dim), eval_bs, state, channels_last)
 
 
-def _check_store_fits(folder: Path, backbone: str, image_size: int) -> None:
-    """A ``data.features`` folder must hold features of the model's own backbone and preprocessing."""
+def _check_store_fits(folder: Path, backbone: str, weights: str | None, image_size: int) -> None:
+    """A ``data.features`` folder must hold features of the model's own backbone, weights and preprocessing."""
     from itmatch.features.extract import FeatureStore, cache_key
 
     store = FeatureStore.open(folder)
-    if store.meta.get("key") != cache_key(backbone, None, image_size):
+    if store.meta.get("key") != cache_key(backbone, weights, image_size):
+        which = f"weights {weights}" if weights else "its built-in weights"
         raise ConfigError(
             f"data.features={folder}: its features ({store.backbone}, {store.meta.get('preprocessing')}) are not those of "
-            f"model.backbone={backbone!r} with its built-in weights at data.image_size={image_size}"
+            f"model.backbone={backbone!r} with {which} at data.image_size={image_size}"
         )
