@@ -232,7 +232,8 @@ def run_variant(name: str) -> dict[str, Any]:
         "inputs": {s["name"]: "photos" if s["name"] in photo_stages else "cached features" for s in cfg["stages"]},
         "epochs": epoch_times(run_dir),
         "selected": {"stage": best.get("stage"), "epoch": best.get("epoch"), "val_rsum": best.get("val/rsum")},
-        "train_wall_s": summary["wall_time_s"] if trained else None,
+        "train_wall_s": summary["wall_time_s"],  # of the run, when trained (possibly by an earlier call)
+        "trained_by_this_call": trained,
         "this_call_s": train_s,
         "run_dir": str(run_dir),
         "dev_1k": score(run_dir),

@@ -196,3 +196,26 @@ def test_named_recipes_ship_inside_the_wheel(tmp_path):
     shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("itmatch/configs/")}
     assert shipped == {p.name for p in CONFIG_DIR.glob("*.yaml")}
     assert {"vsepp.yaml", "miie.yaml", "finetune.yaml", "vsepp_minilm.yaml"} <= shipped
+
+
+def test_init_from_loads_the_base_weights_and_refuses_another_model(tmp_path, precomp_data):
+    one_stage = {"name": "one", "stages": [THREE_STAGES["stages"][0] | {"epochs": 1}]}
+    base = tmp_path / "base"
+    train(load_config(write_recipe(tmp_path, one_stage), tiny_overrides(precomp_data)), base)
+    # A checkpoint saved before a model key existed (here: backbone_weights) still fits.
+    ckpt = base / "checkpoints" / "best.pt"
+    state = torch.load(ckpt, weights_only=True)
+    del state["config"]["model"]["backbone_weights"]
+    torch.save(state, ckpt)
+
+    clf_only = {"name": "clf", "stages": [THREE_STAGES["stages"][1]]}
+    run = tmp_path / "clf"
+    train(load_config(write_recipe(tmp_path, clf_only), tiny_overrides(precomp_data)), run, init_from=base)
+    after = part_snapshot(run, "last.pt")
+    # The classifier stage trains nothing else: the encoders are the base run's, unchanged.
+    encoders = [k for k in state["model"] if k.startswith(("image_encoder.", "text_encoder."))]
+    assert encoders and all(torch.equal(after[k], state["model"][k]) for k in encoders)
+
+    wider = load_config(write_recipe(tmp_path, clf_only), tiny_overrides(precomp_data, "model.embed_dim=24"))
+    with pytest.raises(ItmatchError, match=r"its model config differs from this recipe's \(embed_dim: \d+ there, 24 here\)"):
+        train(wider, tmp_path / "wider", init_from=base)

@@ -29,6 +29,7 @@ import yaml
 from itmatch.errors import ItmatchError
 from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.models import JointModel, build_model
+from itmatch.models.joint import resolve_model_config
 from itmatch.models.text_processing import make_text_processor
 from itmatch.training.checkpoint import atomic_write_text, load_checkpoint, save_checkpoint
 from itmatch.training.data import train_val_corpora, training_data
@@ -246,10 +247,13 @@ def _train(
         torch.set_rng_state(state["rng"])
     elif init_from is not None:
         source = load_checkpoint(_checkpoint_path(init_from))
-        if source["config"]["model"] != cfg["model"]:
-            raise ItmatchError(
-                f"--init-from {init_from}: its model config {source['config']['model']} differs from this recipe's {cfg['model']}"
-            )
+        # Compared with defaults filled in (a run saved before a model key existed still fits);
+        # the backbone's weights file is not compared: the checkpoint holds the backbone.
+        theirs, ours = resolve_model_config(source["config"]["model"]), resolve_model_config(cfg["model"])
+        differ = sorted(k for k in theirs.keys() | ours.keys() if k != "backbone_weights" and theirs.get(k) != ours.get(k))
+        if differ:
+            detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+            raise ItmatchError(f"--init-from {init_from}: its model config differs from this recipe's ({detail})")
         model.load_state_dict(source["model"])
     if main and not resume:
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
