@@ -20,8 +20,8 @@ Variants (``NAME: recipe [@ base run]``) and what they run:
 - ``minilm_tft``: vsepp_minilm's ``text_finetune`` stage alone @ minilm (the transformer trains).
 - ``minilm_full`` (+ ``minilm_full_ft``, ``minilm_full_tft``): frozen MiniLM at the vsepp recipe's own size
   (d = 1024, 1 + 15 epochs), affordable because frozen-MiniLM epochs take seconds.
-- ``minilm_full_ft_tft``: the transformer's stage @ minilm_full_ft (both encoders fine-tuned, one
-  epoch each; the CNN, frozen again but no longer the cached one, runs on photos).
+- ``minilm_full_tft_ft``: finetune @ minilm_full_tft (both encoders fine-tuned, one epoch each:
+  the transformer first, on cached features; then the CNN, on photos, the transformer frozen).
 
 Every setting shared with flickr8k_compare.py comes from flickr8k_setup.py (d = 512, 1 + 7
 baseline epochs, 1 thread); each fine-tuning stage runs one epoch (FT_OVERRIDES), sized for a
@@ -78,11 +78,11 @@ VARIANTS: dict[str, tuple[str, str | None, list[str]]] = {
     "minilm_full": ("vsepp", None, BACKBONE + MINILM + FULL_SIZE),
     "minilm_full_ft": ("finetune", "minilm_full", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES),
     "minilm_full_tft": ("vsepp_minilm", "minilm_full", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
-    # Both fine-tuned: the transformer's epoch on top of the fine-tuned-CNN run.
-    "minilm_full_ft_tft": ("vsepp_minilm", "minilm_full_ft", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
+    # Both fine-tuned: the CNN's epoch on top of the transformer's.
+    "minilm_full_tft_ft": ("finetune", "minilm_full_tft", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES),
 }
 ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
-             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft", "minilm_full_ft_tft"]  # fmt: skip
+             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft", "minilm_full_tft_ft"]  # fmt: skip
 DESCRIPTIONS = {
     "vsepp": "frozen features + GRU (plain vsepp recipe, no backbone in the model)",
     "gru": "frozen features + GRU (backbone in the model, frozen: cached features)",
@@ -97,7 +97,7 @@ DESCRIPTIONS = {
     "minilm_full": "frozen features + MiniLM, vsepp recipe size (d 1024, 1 + 15 epochs)",
     "minilm_full_ft": "minilm_full + fine-tuned backbone",
     "minilm_full_tft": "minilm_full + transformer fine-tuned 1 epoch",
-    "minilm_full_ft_tft": "minilm_full_ft + transformer fine-tuned 1 epoch (both encoders fine-tuned)",
+    "minilm_full_tft_ft": "minilm_full_tft + fine-tuned backbone (both encoders fine-tuned)",
 }
 
 
@@ -200,10 +200,12 @@ def score(run_dir: Path) -> dict[str, Any]:
     return metrics
 
 
-def run_variant(name: str) -> dict[str, Any]:
+def run_variant(name: str, threads: int | None = None) -> dict[str, Any]:
     from itmatch.training.trainer import train
 
     recipe, base, extra = VARIANTS[name]
+    if threads:  # after flickr8k_setup's training.threads=1: this one wins
+        extra = [*extra, f"training.threads={threads}"]
     run_dir = RUNS / name
     cfg = load_config(recipe, [*OVERRIDES, *extra, f"seed={SEED}"], skip_missing_stages=True)
     t = time.perf_counter()
@@ -280,6 +282,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("command", choices=["measure", "run", "table"])
     ap.add_argument("variants", nargs="*")
+    ap.add_argument("--threads", type=int, help="training.threads for the runs (default: flickr8k_setup's 1)")
     args = ap.parse_args()
     results = load_results()
     if args.command == "measure":
@@ -295,7 +298,12 @@ def main() -> None:
             elif name not in VARIANTS:
                 raise SystemExit(f"unknown variant {name!r}; known: vsepp, {', '.join(VARIANTS)}")
             else:
-                row = run_variant(name)
+                row = run_variant(name, args.threads)
+            base = VARIANTS[name][1] if name in VARIANTS else None
+            threads = f" --threads {args.threads}" if args.threads else ""
+            row["command"] = f".venv/bin/python benchmarks/flickr8k_encoders.py run{threads} {name}" + (
+                f"  (after: run {base})" if base else ""
+            )
             # Re-read before writing: other chains of variants may run (and save) meanwhile.
             results = load_results()
             results.setdefault("variants", {})[name] = row
