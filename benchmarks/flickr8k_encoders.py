@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("command", choices=["measure", "run", "table"])
     ap.add_argument("variants", nargs="*")
     ap.add_argument("--threads", type=int, help="training.threads for the runs (default: flickr8k_setup's 1)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     results = load_results()
     if args.command == "measure":
         results["measure"] = measure()

@@ -82,9 +82,8 @@ def corpus_features(
             "set model.backbone to train on photos, or data.features: auto"
         )
     if source == "auto":
-        from itmatch.training.config import default_cache_dir
-
         from itmatch.features.backbones import require_weights
+        from itmatch.training.config import default_cache_dir
 
         cache = Path(data_cfg.get("feature_cache") or default_cache_dir() / "features")
         backbone = data_cfg["feature_backbone"]
