@@ -60,7 +60,8 @@ def micro_bounds(n: int, parts: int) -> list[tuple[int, int]]:
     every other rank's micro-batch sizes without asking."""
     if parts <= 1 or n <= 1:
         return [(0, n)]
-    bounds = torch.linspace(0, n, min(parts, n) + 1).round().long().tolist()
+    k = min(parts, n)
+    bounds = [(i * n + k // 2) // k for i in range(k + 1)]  # integers: no tensor, no rounding doubt
     return list(zip(bounds[:-1], bounds[1:]))
 
 
