@@ -93,6 +93,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Autocast's half-precision outputs back to float32 for the losses; float32 and float64
+    pass unchanged (a float64 model keeps float64 losses, which exact comparisons rely on)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _backward(loss: torch.Tensor, ctx: StepContext) -> None:
     (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
 
@@ -112,7 +118,7 @@ def _clip_and_step(optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
 
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Correct modality predictions, as a tensor (no host sync; see ``classifier_accuracy``)."""
-    return ((logits.detach().float() > 0).float() == labels).sum()
+    return ((logits.detach() > 0).to(labels.dtype) == labels).sum()
 
 
 def batch_shard_sizes(batch: dict[str, Any], dist: DistInfo) -> tuple[int, ...]:
@@ -133,7 +139,8 @@ def to_floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
     tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
     out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
     if tensors:
-        out.update(zip(tensors, torch.stack([v.float().reshape(()) for v in tensors.values()]).tolist()))
+        # float64: a float64 step's losses keep their precision
+        out.update(zip(tensors, torch.stack([v.double().reshape(()) for v in tensors.values()]).tolist()))
     return {k: out[k] for k in values}
 
 
@@ -182,7 +189,7 @@ def train_step(
     out: dict[str, torch.Tensor | float] = {}
 
     def add(key: str, value: torch.Tensor) -> None:
-        value = value.detach().float()
+        value = _full(value.detach())
         out[key] = out[key] + value if key in out else value
 
     if classifier_alone:
@@ -194,10 +201,10 @@ def train_step(
                 with torch.no_grad(), ctx.autocast():
                     im, tx = model(chunk["images"], chunk["text"])
                 sizes = chunk_sizes[c]
-                im, tx = gather_no_grad(im.float(), ctx.dist, sizes), gather_no_grad(tx.float(), ctx.dist, sizes)
+                im, tx = gather_no_grad(_full(im), ctx.dist, sizes), gather_no_grad(_full(tx), ctx.dist, sizes)
                 with ctx.autocast():
                     logits, labels = modality_logits_and_labels(classifier, im, tx)
-                    d_loss = classifier_loss(logits.float(), labels)
+                    d_loss = classifier_loss(_full(logits), labels)
                 _backward(d_loss, ctx)
             add("d_loss", d_loss)
             hits = _hits(logits, labels)
@@ -215,7 +222,7 @@ def train_step(
             with accumulating(c):
                 with ctx.autocast():
                     im, tx = encoders(chunk["images"], chunk["text"])
-                im, tx = gather_with_grad(im.float(), ctx.dist, sizes), gather_with_grad(tx.float(), ctx.dist, sizes)
+                im, tx = gather_with_grad(_full(im), ctx.dist, sizes), gather_with_grad(_full(tx), ctx.dist, sizes)
                 ids = gather_no_grad(chunk["image_ids"], ctx.dist, sizes)
                 loss = im.new_zeros(())
                 if stage.rank is not None:
@@ -226,7 +233,7 @@ def train_step(
                     # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
                     with ctx.autocast():
                         logits, labels = modality_logits_and_labels(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
-                    d_loss = classifier_loss(logits.float(), labels)
+                    d_loss = classifier_loss(_full(logits), labels)
                     loss = loss + d_loss
                     add("d_loss", d_loss)
                     hits = _hits(logits, labels)
@@ -237,7 +244,7 @@ def train_step(
                     # classifier as it is now; no gradient reaches the classifier's parameters.
                     with frozen(model.classifier), ctx.autocast():
                         logits, labels = modality_logits_and_labels(model.classifier, im, tx)
-                    conf = confusion_loss(logits.float(), labels, adv.objective)
+                    conf = confusion_loss(_full(logits), labels, adv.objective)
                     loss = loss + adv_lambda * conf
                     add("confusion_loss", conf)
                 _backward(loss, ctx)
