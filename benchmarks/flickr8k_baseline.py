@@ -63,10 +63,26 @@ LONG_STAGES = ("stages=[{name: warmup, epochs: 1, lr: 2.0e-4, train: [image, tex
 
 # name: (recipe, overrides, what it tests)
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
-    "vsepp_devsel": ("vsepp", DEVSEL + BF16, "the shipped recipe (1 warm-up + 15 hardest epochs, lr / 10 after 8)"),
-    "vsepp_fp32_devsel": ("vsepp", DEVSEL + ["training.precision=fp32"], "the shipped recipe in float32 (is bf16 as good?)"),
-    "ref_devsel": ("vsepp", DEVSEL + BF16 + [REF_STAGES], "the reference schedule: hardest from the start, 20 epochs, lr / 10 after 10"),
-    "long_devsel": ("vsepp", DEVSEL + BF16 + [LONG_STAGES], "1 warm-up + 29 hardest epochs, lr / 10 after 15"),
+    "vsepp_devsel": (
+        "vsepp",
+        DEVSEL + BF16,
+        "the shipped recipe (1 warm-up + 15 hardest epochs, lr / 10 after 8)",
+    ),
+    "vsepp_fp32_devsel": (
+        "vsepp",
+        DEVSEL + ["training.precision=fp32"],
+        "the shipped recipe in float32 (is bf16 as good?)",
+    ),
+    "ref_devsel": (
+        "vsepp",
+        DEVSEL + BF16 + [REF_STAGES],
+        "the reference schedule: hardest from the start, 20 epochs, lr / 10 after 10",
+    ),
+    "long_devsel": (
+        "vsepp",
+        DEVSEL + BF16 + [LONG_STAGES],
+        "1 warm-up + 29 hardest epochs, lr / 10 after 15",
+    ),
     "vsepp": ("vsepp", HOLDOUT + BF16, "the shipped recipe, our protocol (select on held-out train images)"),
     "long": ("vsepp", HOLDOUT + BF16 + [LONG_STAGES], "1 warm-up + 29 hardest epochs, our protocol"),
 }
@@ -78,10 +94,17 @@ def load_results() -> dict[str, Any]:
 
 
 def curve_of(run_dir: Path) -> list[dict[str, Any]]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
     return [
-        {"epoch": i + 1, "stage": r["stage"], "val_rsum": r["val/rsum"], "probe_acc": r.get("val/probe_acc"),
-         "epoch_time_s": r.get("epoch_time_s")}  # fmt: skip
+        {
+            "epoch": i + 1,
+            "stage": r["stage"],
+            "val_rsum": r["val/rsum"],
+            "probe_acc": r.get("val/probe_acc"),
+            "epoch_time_s": r.get("epoch_time_s"),
+        }  # fmt: skip
         for i, r in enumerate(r for r in records if "val/rsum" in r)
     ]
 
@@ -109,7 +132,14 @@ def run(variant: str, seed: int, data: Path) -> None:
     from itmatch.training.trainer import train
 
     recipe, overrides, about = VARIANTS[variant]
-    overrides = ["data.format=flickr8k", f"data.path={data}", f"data.feature_cache={CACHE}", *COMMON, *overrides, f"seed={seed}"]
+    overrides = [
+        "data.format=flickr8k",
+        f"data.path={data}",
+        f"data.feature_cache={CACHE}",
+        *COMMON,
+        *overrides,
+        f"seed={seed}",
+    ]
     cfg = load_config(recipe, overrides)
     run_dir = RUNS / f"{variant}-seed{seed}"
     if not (run_dir / "summary.json").exists():
@@ -119,7 +149,9 @@ def run(variant: str, seed: int, data: Path) -> None:
     torch.set_num_threads(1)
     matcher = Matcher.from_run(run_dir, "best")
     im, tx = matcher.embed_corpus(load_corpus("flickr8k", str(data), "dev"))
-    metrics = {k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)}
+    metrics = {
+        k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)
+    }
     metrics.update(invariance_metrics(im, tx))
     epoch_times = [p["epoch_time_s"] for p in curve if p["epoch_time_s"] is not None]
     entry = {
@@ -128,10 +160,15 @@ def run(variant: str, seed: int, data: Path) -> None:
         "recipe": recipe,
         "overrides": overrides,
         "seed": seed,
-        "selection": "dev (as the reference code)" if "data.val_split=dev" in overrides else "500 held-out train images",
+        "selection": "dev (as the reference code)"
+        if "data.val_split=dev" in overrides
+        else "500 held-out train images",
         "dev_metrics": metrics,
-        "selected": {"stage": summary["best"].get("stage"), "epoch_in_stage": summary["best"].get("epoch"),
-                     "val_rsum": summary["best"].get("val/rsum")},  # fmt: skip
+        "selected": {
+            "stage": summary["best"].get("stage"),
+            "epoch_in_stage": summary["best"].get("epoch"),
+            "val_rsum": summary["best"].get("val/rsum"),
+        },  # fmt: skip
         "epochs": len(curve),
         "plateau_epoch": plateau_epoch(curve),
         "epoch_time_s_median": statistics.median(epoch_times) if epoch_times else None,
@@ -165,7 +202,11 @@ def table() -> str:
         plateau = "/".join(str(e["plateau_epoch"]) for e in entries)
         epochs = entries[0]["epochs"]
         sec = statistics.mean(e["epoch_time_s_median"] for e in entries)
-        lines.append(f"| {name} | {len(entries)} | {entries[0]['selection']} | " + " | ".join(cells) + f" | {plateau} / {epochs} | {sec:.0f} |")
+        lines.append(
+            f"| {name} | {len(entries)} | {entries[0]['selection']} | "
+            + " | ".join(cells)
+            + f" | {plateau} / {epochs} | {sec:.0f} |"
+        )
     return "\n".join(lines)
 
 

@@ -317,6 +317,7 @@ def _train(
     for stage_index in range(progress_state.stage, len(stages)):
         stage = stages[stage_index]
         set_trainable(model, stage)
+        _prime_sentence_cache(model, cfg, data, info, progress)
         optimizers = make_optimizers(model, stage, progress_state.epoch)
         if state is not None and state.get("optimizer_stage") == stage_index:
             for key, opt in optimizers.items():
@@ -407,6 +408,31 @@ def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler |
         raise ItmatchError(f"training.precision: fp16 needs a CUDA device or the CPU (this run uses {device}); use bf16")
     # On the CPU fp16 is slow and only useful to test the scaled path; bf16 needs no scaler.
     return torch.amp.GradScaler(device.type)
+
+
+def _prime_sentence_cache(model: JointModel, cfg: dict[str, Any], data: Any, info: DistInfo, progress: bool) -> None:
+    """A frozen MiniLM's sentence embeddings of every training and validation caption, from the
+    on-disk cache (computed once per machine; see :mod:`itmatch.features.sentences`)."""
+    from itmatch.models.minilm import MiniLMTextEncoder
+
+    encoder = model.text_encoder
+    if not isinstance(encoder, MiniLMTextEncoder) or not encoder.memoize_frozen or not encoder.backbone_frozen():
+        return
+    from itmatch.features.sentences import prime_sentence_cache
+    from itmatch.training.config import default_cache_dir
+
+    cache = Path(cfg["data"].get("feature_cache") or default_cache_dir() / "features")
+    sentences = [*data.pairs.captions, *data.val_captions]
+    bar = _bar(progress, len(set(map(tuple, sentences))), 0, "sentence embeddings")
+    report = (lambda done, total: bar.update(done - bar.n)) if bar is not None else None
+    # Rank 0 computes and writes what is missing; the others then read the complete cache.
+    if info.is_main:
+        prime_sentence_cache(encoder, sentences, cache, progress=report)
+    barrier(info)
+    if not info.is_main:
+        prime_sentence_cache(encoder, sentences, cache)
+    if bar is not None:
+        bar.close()
 
 
 def step_context(
