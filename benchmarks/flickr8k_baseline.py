@@ -16,7 +16,7 @@ thread. Two selection protocols:
   0) and report dev: the project's protocol.
 
 Each run records its learning curve (validation rsum per epoch), the epoch time and where it
-plateaued (the first epoch after which validation rsum never rose by more than 1.0 again), and
+plateaued (the first epoch within 1.0 rsum of the curve's best), and
 its dev figures (1K protocol = all 1,000 dev images). Results accumulate, variant by variant, in
 benchmarks/results/flickr8k_baseline.json; runs live in /tmp/itmatch-f8k-baseline.
 """
@@ -87,8 +87,16 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "vsepp": ("vsepp", HOLDOUT + BF16, "the shipped recipe, our protocol (select on held-out train images)"),
     # The cheap testbed: frozen all-MiniLM-L6-v2 sentence embeddings (cached on disk) + frozen
     # image features; only the two projections train, so an epoch costs seconds.
-    "minilm": ("vsepp", HOLDOUT + MINILM + [LONG_STAGES], "frozen MiniLM + frozen features, 1 warm-up + 29 hardest epochs"),
-    "minilm_ref": ("vsepp", HOLDOUT + MINILM + [REF_STAGES], "frozen MiniLM, the reference schedule (no warm-up, 20 epochs, lr / 10 after 10)"),
+    "minilm": (
+        "vsepp",
+        HOLDOUT + MINILM + [LONG_STAGES],
+        "frozen MiniLM + frozen features, 1 warm-up + 29 hardest epochs",
+    ),
+    "minilm_ref": (
+        "vsepp",
+        HOLDOUT + MINILM + [REF_STAGES],
+        "frozen MiniLM, the reference schedule (no warm-up, 20 epochs, lr / 10 after 10)",
+    ),
     "long": ("vsepp", HOLDOUT + BF16 + [LONG_STAGES], "1 warm-up + 29 hardest epochs, our protocol"),
 }
 
@@ -115,15 +123,10 @@ def curve_of(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def plateau_epoch(curve: list[dict[str, Any]]) -> int:
-    """The first epoch after which validation rsum never rises by more than PLATEAU_DELTA."""
-    best_after = float("-inf")
-    plateau = len(curve)
-    for point in reversed(curve):
-        if point["val_rsum"] + PLATEAU_DELTA < best_after:
-            break
-        best_after = max(best_after, point["val_rsum"])
-        plateau = point["epoch"]
-    return plateau
+    """The first epoch whose validation rsum is within PLATEAU_DELTA of the curve's best: more
+    epochs after it gain nothing (the curve is flat or, with overfitting, falls)."""
+    best = max(p["val_rsum"] for p in curve)
+    return next(p["epoch"] for p in curve if p["val_rsum"] >= best - PLATEAU_DELTA)
 
 
 def run(variant: str, seed: int, data: Path) -> None:
@@ -204,7 +207,7 @@ def table() -> str:
             values = [e["dev_metrics"][col] for e in entries]
             mean = statistics.mean(values)
             cells.append(f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""))
-        plateau = "/".join(str(e["plateau_epoch"]) for e in entries)
+        plateau = "/".join(str(plateau_epoch(e["curve"])) for e in entries)
         epochs = entries[0]["epochs"]
         sec = statistics.mean(e["epoch_time_s_median"] for e in entries)
         lines.append(
@@ -226,7 +229,7 @@ def plot() -> Path:
     for key, entry in sorted(runs.items()):
         curve = entry["curve"]
         ax.plot([p["epoch"] for p in curve], [p["val_rsum"] for p in curve], marker=".", label=key)
-        ax.axvline(entry["plateau_epoch"], color=ax.lines[-1].get_color(), alpha=0.2)
+        ax.axvline(plateau_epoch(curve), color=ax.lines[-1].get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation rsum")
     ax.set_title("Flickr8k VSE++ baseline: validation rsum per epoch (faint lines: plateau)")
