@@ -16,9 +16,12 @@ from typing import Any
 
 import yaml
 
+from itmatch.data.readers import FORMATS
 from itmatch.errors import ConfigError
 from itmatch.models.joint import MODEL_DEFAULTS
 from itmatch.training.schedule import parse_stages
+from itmatch.training.step import PRECISIONS
+from itmatch.training.schema import Choice, Field, FilePath, Float, Int, ListOf, Str, check_section
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data (``configs/`` at the repository root links here)
 
@@ -57,6 +60,68 @@ DEFAULTS: dict[str, Any] = {
     },
     "stages": [],
 }
+
+
+# The type and range of every value, checked when a recipe is loaded (so a bad value fails in the
+# first second, not after an epoch). One table for all sections; a new key in DEFAULTS or
+# MODEL_DEFAULTS gets its line here (tests/test_reliability.py checks that none is missing).
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+SCHEMA: dict[str, dict[str, Field]] = {
+    "": {"name": Str(), "seed": Int(min=0)},
+    "data": {
+        "format": Choice((None, *FORMATS)),
+        "path": FilePath(),
+        "image_root": FilePath(),
+        "train_split": Str(),
+        "val_split": Str(nullable=True),
+        "val_holdout": Int(min=1),
+        "holdout_seed": Int(min=0),
+        "max_train_images": Int(min=1, nullable=True),
+        "features": FilePath(nullable=False, keep=("auto",)),
+        "feature_backbone": Str(),
+        "feature_weights": FilePath(),
+        "feature_cache": FilePath(),
+        "vocab_min_count": Int(min=1),
+        "image_size": Int(min=16),
+    },
+    "model": {
+        "embed_dim": Int(min=1),
+        "word_dim": Int(min=1),
+        "text_encoder": Choice(("gru", "minilm")),
+        "gru_layers": Int(min=1),
+        "classifier_hidden": ListOf(Int(min=1), nullable=True, what="a list of positive integers"),
+        "classifier_dropout": Float(min=0, max=1, max_open=True),
+        "backbone": Str(nullable=True),
+        "backbone_weights": FilePath(),
+    },
+    "loss": {"margin": Float(min=0)},
+    "training": {
+        "batch_size": Int(min=2),  # negatives come from the batch
+        "grad_clip": Float(min=0),  # 0: no clipping
+        "log_every": Int(min=1),
+        "checkpoint_every": Int(min=0),
+        "num_workers": Int(min=0),
+        "device": Str(pattern=DEVICE_PATTERN, what="auto, cpu, mps, cuda or cuda:N"),
+        "eval_batch_size": Int(min=1),
+        "precision": Choice(tuple(PRECISIONS)),
+        "accumulate": Int(min=1),
+        "threads": Int(min=1, nullable=True),
+    },
+}
+
+
+def validate_values(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every value of a merged config checked against :data:`SCHEMA` (type and range), cleaned."""
+    out = check_section(cfg, SCHEMA[""], "")
+    for section, fields in SCHEMA.items():
+        if section and isinstance(out.get(section), dict):
+            out[section] = check_section(out[section], fields, section)
+    t = out["training"]
+    if t["batch_size"] < 2 * t["accumulate"]:  # every micro-batch needs two pairs: negatives come from it
+        raise ConfigError(
+            f"training.accumulate: expected at most training.batch_size / 2 ({t['batch_size'] // 2}), got {t['accumulate']}"
+        )
+    return out
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -147,12 +212,10 @@ def resolve_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, A
     """Fill defaults, reject unknown keys, validate the stages. Returns a plain dict."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    cfg = _merge(DEFAULTS, raw, where)
+    cfg = validate_values(_merge(DEFAULTS, raw, where))
     if not cfg["stages"]:
-        raise ConfigError(f"{where}: no stages; a recipe needs at least one stage")
-    cfg["stages"] = [s.to_dict() for s in parse_stages(cfg["stages"], where=f"{where}.stages")]
-    if cfg["training"]["batch_size"] < 2:
-        raise ConfigError(f"{where}.training.batch_size must be >= 2 (negatives come from the batch)")
+        raise ConfigError("no stages; a recipe needs at least one stage")
+    cfg["stages"] = [s.to_dict() for s in parse_stages(cfg["stages"], where="stages")]
     return cfg
 
 
@@ -166,8 +229,21 @@ def load_config(
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(_merge(DEFAULTS, raw, str(path)), overrides, skip_missing_stages)
-    return resolve_config(raw, where=str(path))
+    merged = _merge(DEFAULTS, raw, str(path))
+    overrides = list(overrides)
+    try:
+        return resolve_config(apply_overrides(merged, overrides, skip_missing_stages), where=str(path))
+    except ConfigError as exc:
+        # A fault of the file itself is reported with the file's name; one that an override
+        # brought in, with the key alone (the user typed it: --set training.batch_size=abc).
+        if overrides:
+            try:
+                resolve_config(merged, where=str(path))
+            except ConfigError as alone:
+                if str(alone) == str(exc):
+                    raise ConfigError(f"{path}: {exc}") from None
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def default_cache_dir() -> Path:
