@@ -248,3 +248,73 @@ def load_config(
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ITMATCH_CACHE", Path.home() / ".cache" / "itmatch"))
+
+
+# What a resumed run may change: how it runs, not what it computes. Everything else (data, model,
+# loss, batch size, learning rates, precision, the stages already run) would make the resumed run
+# a different run than its checkpoints, so it is refused.
+RESUMABLE_KEYS = frozenset({
+    "training.device", "training.threads", "training.num_workers", "training.eval_batch_size",
+    "training.log_every", "training.checkpoint_every", "data.feature_cache",
+})  # fmt: skip
+
+
+def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "lr_parts":
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_config(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], progress: Mapping[str, int], where: str = "run"
+) -> dict[str, Any]:
+    """The config a resumed run continues with: ``saved`` (the run's own) with the changes of
+    ``requested`` that a resume allows: :data:`RESUMABLE_KEYS`, and the ``epochs`` of a stage not
+    yet finished (not below what it has already run). ``progress`` is the checkpoint's
+    (``stage``, ``epoch``, ``step``). Any other difference raises :class:`ConfigError` naming every key.
+    """
+    saved, requested = copy.deepcopy(dict(saved)), copy.deepcopy(dict(requested))
+    stage_now, epochs_done = int(progress.get("stage", 0)), int(progress.get("epoch", 0))
+    mid_epoch = int(progress.get("step", 0)) > 0
+    saved_stages, wanted_stages = saved.get("stages") or [], requested.get("stages") or []
+    refused: list[str] = []
+    if [s.get("name") for s in saved_stages] != [s.get("name") for s in wanted_stages]:
+        refused.append("stages (their number or names)")
+    else:
+        for i, (old, new) in enumerate(zip(saved_stages, wanted_stages)):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) == new.get(key):
+                    continue
+                finished = i < stage_now
+                least = epochs_done + (1 if mid_epoch else 0) if i == stage_now else 0
+                if key == "epochs" and not finished and isinstance(new.get(key), int) and new[key] >= least:
+                    old[key] = new[key]
+                else:
+                    refused.append(f"stages.{old.get('name', i)}.{key}")
+    # Keys a newer itmatch added take their default in an older run's config.
+    old_flat = {**_flat({k: v for k, v in DEFAULTS.items() if k != "stages"}), **_flat(_without_stages(saved))}
+    new_flat = _flat(_without_stages(requested))
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(key) == new_flat.get(key):
+            continue
+        if key not in RESUMABLE_KEYS:
+            refused.append(key)
+            continue
+        section, name = key.split(".", 1)
+        saved.setdefault(section, {})[name] = new_flat.get(key)
+    if refused:
+        allowed = ", ".join(sorted(RESUMABLE_KEYS)) + ", and the epochs of stages not yet finished"
+        raise ConfigError(
+            f"{where}: --resume cannot change {', '.join(refused)} (a resumed run must compute what its "
+            f"checkpoints started; a resume may change only {allowed}); start a new run with another --out instead"
+        )
+    return saved
+
+
+def _without_stages(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k != "stages"}
