@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -252,3 +253,268 @@ def test_resuming_a_finished_run_keeps_its_wall_time(tmp_path, precomp_data):
     assert main(["train", "--resume", "--out", str(run), "--quiet"]) == 0
     after = json.loads((run / "summary.json").read_text())["wall_time_s"]
     assert before > 0.2 and after == pytest.approx(before, rel=0.05)  # was ~0: only the resumed session counted
+
+
+# --- 6. one line for every error the user can act on ---------------------------------------------
+
+
+def _npy(path: Path, array) -> Path:
+    np.save(path, array)
+    return path
+
+
+def _eval_embeddings(tmp_path: Path, images, texts) -> list[str]:
+    im = images if isinstance(images, Path) else _npy(tmp_path / "im.npy", images)
+    tx = texts if isinstance(texts, Path) else _npy(tmp_path / "tx.npy", texts)
+    return ["evaluate", "--image-emb", str(im), "--text-emb", str(tx), "--json"]
+
+
+def _rows(n: int, d: int = 8) -> np.ndarray:
+    return np.random.default_rng(n).normal(size=(n, d)).astype(np.float32)
+
+
+def _with_nan(a: np.ndarray, value: float) -> np.ndarray:
+    a = a.copy()
+    a[3, 2] = value
+    return a
+
+
+def _text_file(path: Path) -> Path:
+    path.write_text("0.1 0.2\n0.3 0.4\n")
+    return path
+
+
+def _npz(path: Path) -> Path:
+    np.savez(path, a=_rows(4))
+    return path
+
+
+BAD_EMBEDDINGS = {
+    "4N caption rows": (lambda t: _rows(4), lambda t: _rows(16), "4 images need 20 captions, got 16"),
+    "5N+1 caption rows": (lambda t: _rows(4), lambda t: _rows(21), "4 images need 20 captions, got 21"),
+    "NaN": (lambda t: _rows(4), lambda t: _with_nan(_rows(20), np.nan), "1 row(s) hold NaN or infinite values (rows 3)"),
+    "inf": (lambda t: _with_nan(_rows(4), np.inf), lambda t: _rows(20), "1 row(s) hold NaN or infinite values (rows 3)"),
+    "empty": (lambda t: np.zeros((0, 8), np.float32), lambda t: _rows(20), "the array is empty (shape (0, 8))"),
+    "strings": (lambda t: np.array([["a", "b"]] * 4), lambda t: _rows(20), "expected numbers, got dtype <U1"),
+    "npz": (lambda t: _npz(t / "im.npz"), lambda t: _rows(20), "is a .npz archive"),
+    "text file": (lambda t: _text_file(t / "im.npy"), lambda t: _rows(20), "is not a .npy array (no .npy header"),
+    "1-D": (lambda t: np.zeros(8, np.float32), lambda t: _rows(20), "expected a 2-D array (rows x dims), got shape (8,)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_EMBEDDINGS))
+def test_bad_embedding_files_are_one_named_error(tmp_path, capsys, case):
+    """Item 6 (and 14: a text .npy was reported as "pickled data")."""
+    make_im, make_tx, expected = BAD_EMBEDDINGS[case]
+    assert main(_eval_embeddings(tmp_path, make_im(tmp_path), make_tx(tmp_path))) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("itmatch evaluate: error: ") and expected in err and err.count("\n") == 1, err
+    assert "pickled" not in err
+
+
+def test_5fold1k_on_fewer_than_5000_images_is_a_named_error(tmp_path, capsys):
+    assert main([*_eval_embeddings(tmp_path, _rows(10), _rows(50)), "--protocol", "5fold1k"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("itmatch evaluate: error: protocol '5fold1k' is 5 folds of 1,000 images and needs 5,000 images; got 10")
+
+
+def test_debug_shows_the_traceback(tmp_path, monkeypatch):
+    args = _eval_embeddings(tmp_path, _rows(4), _rows(16))
+    from itmatch.errors import ItmatchError
+
+    with pytest.raises(ItmatchError, match="4 images need 20 captions"):
+        main(["--debug", *args])
+    monkeypatch.setenv("ITMATCH_DEBUG", "1")
+    with pytest.raises(ItmatchError):
+        main(args)
+
+
+def test_saved_embeddings_load_without_torch_warnings(tmp_path):
+    """Item 14: every --image-emb load printed torch's non-writable-array UserWarning."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-W", "always", "-m", "itmatch", *_eval_embeddings(tmp_path, _rows(4), _rows(20))],
+                          capture_output=True, text=True, env=env, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "Warning" not in proc.stderr and "writable" not in proc.stderr
+    assert set(json.loads(proc.stdout)) >= {"rsum", "i2t_r1"}
+
+
+def _no_space_at_fsync(monkeypatch):
+    import errno
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+
+
+def test_a_full_disk_in_training_names_the_file_and_the_space(tmp_path, precomp_data, capsys, monkeypatch):
+    _no_space_at_fsync(monkeypatch)
+    run = tmp_path / "run"
+    assert main(train_args(recipe_file(tmp_path), run, precomp_data)) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"itmatch train: error: no space left on the device to write {run}/"), err
+    assert "it needed at least " in err and " free there" in err and err.count("\n") == 1
+
+
+def test_a_read_only_output_folder_is_one_named_error(tmp_path, precomp_data, capsys, monkeypatch):
+    import errno
+
+    read_only = tmp_path / "ro"
+    real_mkdir = Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if str(self).startswith(str(read_only)):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    assert main(train_args(recipe_file(tmp_path), read_only / "run", precomp_data)) == 1
+    err = capsys.readouterr().err
+    assert err == f"itmatch train: error: cannot write {read_only / 'run'}: the file system is read-only (choose an output folder on a writable disk)\n"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from test_retrieval_support import search_setup
+
+    return search_setup(tmp_path_factory)
+
+
+def test_a_full_disk_in_extract_names_the_file_and_the_size_before_writing(setup, tmp_path, capsys, monkeypatch):
+    import errno
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    out = tmp_path / "features"
+    rc = main(["extract", "--format", "karpathy", "--data", str(setup.dataset_json), "--split", "train", "--out", str(out),
+               "--workers", "0", "--quiet"])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    # 24 images x 1280 float32 features (EfficientNet-Lite0) + the .npy header
+    assert re.match(rf"itmatch extract: error: no space left on the device to write {out}/\S+/features.npy; "
+                    r"it needed at least 12\d\d\d\d bytes; \S+ (MiB|bytes) free there\n$", err), err  # fmt: skip
+
+
+def test_a_full_disk_in_index_names_the_file(setup, tmp_path, capsys, monkeypatch):
+    _no_space_at_fsync(monkeypatch)
+    out = tmp_path / "index"
+    assert main(["index", str(setup.run), str(setup.photos), "-o", str(out), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"itmatch index: error: no space left on the device to write {out}/gen-000001/photos.npy; it needed at least")
+
+
+def test_non_utf8_captions_in_index_are_a_named_error(setup, tmp_path, capsys):
+    bad = tmp_path / "captions.txt"
+    bad.write_bytes(b"a dog on the grass\n\xff\xfe a cat\n")
+    assert main(["index", str(setup.run), str(setup.photos), "-o", str(tmp_path / "index"), "--captions", str(bad)]) == 1
+    assert capsys.readouterr().err == f"itmatch index: error: {bad}: not UTF-8 text (invalid start byte at byte 19)\n"
+
+
+# --- 7. one CSV reader ------------------------------------------------------------------------------
+
+
+def test_an_unclosed_quote_in_index_captions_is_refused_like_in_training(setup, tmp_path, capsys):
+    """Item 7: index --captions swallowed 39 lines into one sentence after an unclosed quote."""
+    from itmatch.data.readers import _read_flickr_captions
+    from itmatch.errors import DataError
+
+    lines = ["image,caption", "a.jpg,a dog runs", 'b.jpg,"a cat sleeps'] + [f"c{i}.jpg,a bird {i}" for i in range(39)]
+    lines.append('d.jpg,"a horse" jumps')
+    bad = tmp_path / "captions.csv"
+    bad.write_text("\n".join(lines) + "\n")
+    assert main(["index", str(setup.run), str(setup.photos), "-o", str(tmp_path / "index"), "--captions", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"itmatch index: error: {bad}, line 3: "), err
+    with pytest.raises(DataError, match=r", line 3: "):
+        _read_flickr_captions(bad)  # the training reader: the same verdict, from the same parser
+
+
+# --- 12. paths in a run's config ----------------------------------------------------------------------
+
+
+def test_a_run_trained_with_relative_paths_works_from_any_directory(tmp_path, precomp_data, capsys, monkeypatch):
+    """Item 12: relative paths in a run's saved config resolved against the current directory."""
+    monkeypatch.chdir(tmp_path)
+    rel_data = precomp_data.relative_to(tmp_path)
+    recipe = recipe_file(tmp_path, {**ONE_STAGE, "stages": ONE_STAGE["stages"][:1]})
+    assert main(train_args(recipe.relative_to(tmp_path), Path("run"), rel_data)) == 0
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"]["path"] == str(precomp_data)
+    photos = tmp_path / "p"
+    photos.mkdir()
+    monkeypatch.chdir("/")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "run"), "--split", "test", "--json"]) == 0
+    assert "rsum" in json.loads(capsys.readouterr().out)
+
+
+def test_an_index_built_with_a_relative_run_path_opens_from_any_directory(setup, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(setup.run.parent)
+    index = tmp_path / "index"
+    assert main(["index", setup.run.name, str(setup.photos), "-o", str(index), "--quiet"]) == 0
+    monkeypatch.chdir("/")
+    capsys.readouterr()
+    assert main(["search", str(index), "--text", "a red circle", "-k", "3", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["photos"]) == 3
+
+
+# --- 13. index --threads, and progress saved by time ------------------------------------------------
+
+
+def test_index_threads_option_sets_and_restores_torch_threads(setup, tmp_path, monkeypatch):
+    """Item 13: itmatch index had no --threads."""
+    from itmatch.inference import Matcher
+
+    seen = []
+    real = Matcher.embed_images
+
+    def spy(self, images, batch_size=32):
+        seen.append(torch.get_num_threads())
+        return real(self, images, batch_size=batch_size)
+
+    monkeypatch.setattr(Matcher, "embed_images", spy)
+    before = torch.get_num_threads()
+    want = 3 if before != 3 else 2
+    assert main(["index", str(setup.run), str(setup.photos), "-o", str(tmp_path / "index"), "--threads", str(want), "--quiet"]) == 0
+    assert seen and set(seen) == {want} and torch.get_num_threads() == before
+
+
+def test_an_interrupted_small_first_build_keeps_progress_saved_by_time(setup, tmp_path):
+    """Item 13: a first build of fewer than 2,048 photos kept no progress when interrupted."""
+    from itmatch.inference import Matcher
+    from itmatch.retrieval import PhotoIndex, build_index
+
+    matcher = Matcher.from_run(setup.run)
+    index = tmp_path / "index"
+
+    def stop_after_two_batches(done, total):
+        if done >= 8:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(matcher, setup.photos, index, batch_size=4, save_every_seconds=1e-9, progress=stop_after_two_batches)
+    assert len(PhotoIndex.open(index)) >= 4  # at least the first batch survived the interruption
+    kept = len(PhotoIndex.open(index))
+    summary = build_index(matcher, setup.photos, index, batch_size=4)
+    assert summary.reused == kept and summary.photos == 20
+
+
+# --- 14. cosmetic --------------------------------------------------------------------------------------
+
+
+def test_init_from_a_yaml_file_is_a_plain_error(tmp_path, precomp_data, capsys):
+    recipe = recipe_file(tmp_path)
+    assert main([*train_args(recipe, tmp_path / "run", precomp_data), "--init-from", str(recipe)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"itmatch train: error: {recipe} is not a PyTorch checkpoint")
+    assert "weights_only" not in err and err.count("\n") == 1
+
+
+def test_top_level_help_is_a_description_for_users(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert "match photos and sentences" in out and "``" not in out and "in-process" not in out

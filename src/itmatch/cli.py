@@ -86,7 +86,7 @@ def describe_error(exc: BaseException) -> str:
         need = getattr(exc, "needed_bytes", None)
         parts = [f"no space left on the device to write{where}"]
         if need:
-            parts.append(f"it needed more than {_size(need)}")
+            parts.append(f"it needed at least {_size(need)}")
         if free is not None:
             parts.append(f"{_size(free)} free there")
         return "; ".join(parts)

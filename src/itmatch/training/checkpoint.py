@@ -5,53 +5,13 @@ They load with ``torch.load(weights_only=True)``: no pickled classes, no argpars
 
 from __future__ import annotations
 
-import errno
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from itmatch.errors import ItmatchError
-
-
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _about(exc, path) from exc
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(exc, OSError):
-            raise _about(exc, path, written) from exc
-        raise
-
-
-def _about(exc: OSError, path: Path, written: int = 0) -> OSError:
-    """The error naming the file being written (not its temporary twin); on a full disk it also
-    carries ``needed_bytes``: at least what had been written when the space ran out."""
-    out = OSError(exc.errno, exc.strerror or str(exc), str(path))
-    if exc.errno == errno.ENOSPC and written:
-        out.needed_bytes = written  # type: ignore[attr-defined]
-    return out
-
+from itmatch.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported: the trainer's writers)
 
 TEMP_PATTERN = ".*.tmp"  # what atomic_write_bytes leaves behind when killed mid-write
 
@@ -68,10 +28,6 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
             except FileNotFoundError:
                 pass
     return removed
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:

@@ -20,8 +20,8 @@ from itmatch.data.readers import FORMATS
 from itmatch.errors import ConfigError
 from itmatch.models.joint import MODEL_DEFAULTS
 from itmatch.training.schedule import parse_stages
-from itmatch.training.step import PRECISIONS
 from itmatch.training.schema import Choice, Field, FilePath, Float, Int, ListOf, Str, check_section
+from itmatch.training.step import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data (``configs/`` at the repository root links here)
 

@@ -33,7 +33,12 @@ from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import resolve_model_config
 from itmatch.models.text_processing import make_text_processor
-from itmatch.training.checkpoint import atomic_write_text, load_checkpoint, remove_stale_temp_files, save_checkpoint
+from itmatch.training.checkpoint import (
+    atomic_write_text,
+    load_checkpoint,
+    remove_stale_temp_files,
+    save_checkpoint,
+)
 from itmatch.training.config import resume_config
 from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.distributed import (
