@@ -83,6 +83,12 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _full(x: torch.Tensor) -> torch.Tensor:
+    """Autocast's half-precision outputs back to float32 for the losses; float32 and float64
+    pass unchanged (a float64 model keeps float64 losses, which exact comparisons rely on)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _backward(loss: torch.Tensor, ctx: StepContext) -> None:
     (ctx.scaler.scale(loss) if ctx.scaler is not None else loss).backward()
 
@@ -130,13 +136,13 @@ def train_step(
         for chunk in chunks:
             with torch.no_grad(), ctx.autocast():
                 im, tx = model(chunk["images"], chunk["text"])
-            im, tx = gather_no_grad(im.float(), ctx.dist), gather_no_grad(tx.float(), ctx.dist)
+            im, tx = gather_no_grad(_full(im), ctx.dist), gather_no_grad(_full(tx), ctx.dist)
             with ctx.autocast():
                 logits, labels = modality_logits_and_labels(classifier, im, tx)
-                d_loss = classifier_loss(logits.float(), labels)
+                d_loss = classifier_loss(_full(logits), labels)
             _backward(d_loss, ctx)
             add("d_loss", float(d_loss.detach()))
-            correct += classifier_accuracy(logits.detach().float(), labels) * len(labels)
+            correct += classifier_accuracy(_full(logits.detach()), labels) * len(labels)
             total += len(labels)
         _clip_and_step(opt_d, ctx)
         out["d_acc"] = correct / total
@@ -148,7 +154,7 @@ def train_step(
         for chunk in chunks:
             with ctx.autocast():
                 im, tx = encoders(chunk["images"], chunk["text"])
-            im, tx = gather_with_grad(im.float(), ctx.dist), gather_with_grad(tx.float(), ctx.dist)
+            im, tx = gather_with_grad(_full(im), ctx.dist), gather_with_grad(_full(tx), ctx.dist)
             ids = gather_no_grad(chunk["image_ids"], ctx.dist)
             loss = im.new_zeros(())
             if stage.rank is not None:
@@ -159,17 +165,17 @@ def train_step(
                 # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
                 with ctx.autocast():
                     logits, labels = modality_logits_and_labels(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
-                d_loss = classifier_loss(logits.float(), labels)
+                d_loss = classifier_loss(_full(logits), labels)
                 loss = loss + d_loss
                 add("d_loss", float(d_loss.detach()))
-                correct += classifier_accuracy(logits.detach().float(), labels) * len(labels)
+                correct += classifier_accuracy(_full(logits.detach()), labels) * len(labels)
                 total += len(labels)
             elif adv is not None:
                 # Alternate mode: the encoders minimise the confusion objective against the
                 # classifier as it is now; no gradient reaches the classifier's parameters.
                 with frozen(model.classifier), ctx.autocast():
                     logits, labels = modality_logits_and_labels(model.classifier, im, tx)
-                conf = confusion_loss(logits.float(), labels, adv.objective)
+                conf = confusion_loss(_full(logits), labels, adv.objective)
                 loss = loss + adv_lambda * conf
                 add("confusion_loss", float(conf.detach()))
             _backward(loss, ctx)
