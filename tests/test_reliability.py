@@ -518,3 +518,235 @@ def test_top_level_help_is_a_description_for_users(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert "match photos and sentences" in out and "``" not in out and "in-process" not in out
+
+
+# --- 8-11, 14d. the service ------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, proc=None, timeout: float = 120) -> None:
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"server exited: {proc.stderr.read() if proc.stderr else ''}")
+        try:
+            if httpx.get(url, timeout=2).status_code in (200, 401):
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"{url} did not answer within {timeout} s")
+
+
+def test_slow_header_clients_cannot_exhaust_the_server_and_are_logged_once(setup, tmp_path):
+    """Item 8: ~20,000 slow-header connections exhausted the server's file descriptors (new
+    connections refused, 112 MB of log in 35 s)."""
+    import socket
+    import time
+
+    import httpx
+
+    pytest.importorskip("fastapi")
+    port = _free_port()
+    log = tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "itmatch", "serve", str(setup.index), "--port", str(port), "--threads", "1",
+           "--max-connections", "20", "--header-timeout", "1"]  # fmt: skip
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, env=env, text=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        _wait_for(base + "/api/health", proc)
+        slow = []
+        for _ in range(300):  # a slowloris: connect, send half a header, never finish
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            slow.append(s)
+        time.sleep(0.5)
+        open_fds = len(os.listdir(f"/proc/{proc.pid}/fd"))
+        assert open_fds < 20 + 60  # the limit, plus the files the server itself holds
+        time.sleep(1.5)  # past the header timeout: the slow connections are closed by the server
+        for s in slow:
+            s.settimeout(2)
+            try:
+                assert s.recv(1024) == b""
+            except ConnectionResetError:
+                pass  # aborted: also closed
+            s.close()
+        r = httpx.get(base + "/api/search/text", params={"q": "a red circle", "k": 3}, timeout=10)
+        assert r.status_code == 200 and len(r.json()["photos"]) == 3
+        # The Host check on the real server (item 11): a DNS-rebinding page's request is refused.
+        evil = httpx.get(base + "/api/health", headers={"Host": "attacker.example"}, timeout=10)
+        assert evil.status_code == 400 and "attacker.example" in evil.json()["detail"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    text = log.read_text()
+    assert text.count("refusing new connections") == 1, text
+    assert len(text) < 5000
+
+
+@pytest.fixture()
+def live_server(setup):
+    """An in-process server (make_server, the guards included) over the search setup's index."""
+    import threading
+    import time
+
+    from itmatch.retrieval import SearchEngine
+    from itmatch.retrieval.service import create_app, make_server
+
+    pytest.importorskip("fastapi")
+    started = []
+
+    def start(**app_options):
+        app = create_app(engine=SearchEngine.open(setup.index), **app_options)
+        port = _free_port()
+        srv = make_server(app, "127.0.0.1", port)
+        thread = threading.Thread(target=srv.run, daemon=True)
+        thread.start()
+        deadline = time.time() + 30
+        while not srv.started:
+            assert time.time() < deadline and thread.is_alive(), "server did not start"
+            time.sleep(0.05)
+        started.append((srv, thread))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for srv, thread in started:
+        srv.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_slow_upload_decode_does_not_block_text_queries(live_server, monkeypatch):
+    """Item 9: decoding a large upload blocked the event loop (text p99 9 ms -> 2.7 s)."""
+    import threading
+    import time
+
+    import httpx
+
+    from itmatch.retrieval import service
+
+    real = service._decode_image
+
+    def slow_decode(*args):
+        time.sleep(1.5)  # as long as a 49 MP PNG takes on a busy core
+        return real(*args)
+
+    monkeypatch.setattr(service, "_decode_image", slow_decode)
+    base = live_server(upload_workers=1)
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(buf, format="PNG")
+    done: list[tuple[float, int]] = []
+    t0 = time.perf_counter()
+
+    def upload():
+        r = httpx.post(base + "/api/search/image", files={"file": ("q.png", buf.getvalue(), "image/png")}, timeout=60)
+        done.append((time.perf_counter() - t0, r.status_code))
+
+    uploads = [threading.Thread(target=upload) for _ in range(2)]
+    for u in uploads:
+        u.start()
+    time.sleep(0.3)
+    latencies = []
+    for _ in range(5):
+        t = time.perf_counter()
+        assert httpx.get(base + "/api/search/text", params={"q": "a blue square", "k": 3}, timeout=60).status_code == 200
+        latencies.append(time.perf_counter() - t)
+    for u in uploads:
+        u.join()
+    assert max(latencies) < 0.75, latencies  # inline, each would wait for a 1.5 s decode
+    assert [s for _, s in done] == [200, 200]
+    assert max(t for t, _ in done) >= 3.0  # one upload worker: the two decodes ran one after the other
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb)."""
+    import io
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1, 1)).save(buf, format="PNG")
+    data = bytearray(buf.getvalue())
+    data[16:24] = struct.pack(">II", width, height)
+    data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])) & 0xFFFFFFFF)
+    return bytes(data)
+
+
+@pytest.fixture()
+def client_for(setup):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from itmatch.retrieval import SearchEngine
+    from itmatch.retrieval.service import create_app
+
+    engine = SearchEngine.open(setup.index)
+
+    def make(base_url: str = "http://127.0.0.1:8000", **options):
+        return TestClient(create_app(engine=engine, **options), base_url=base_url)
+
+    return make
+
+
+def test_an_upload_over_pils_bomb_limit_is_413(client_for):
+    """Item 10: an upload over ~178 MP got 400 "not an image PIL can read" instead of 413."""
+    client = client_for()
+    for size in ((20_000, 10_000), (8_000, 8_000)):  # over PIL's 2 x 89 MP limit; over ours only
+        r = client.post("/api/search/image", files={"file": ("bomb.png", _png_claiming(*size), "image/png")})
+        assert r.status_code == 413, (size, r.text)
+        assert "image too large" in r.json()["detail"]
+
+
+def test_host_header_check_and_token(client_for):
+    """Item 11: no Host-header check and no auth option (a DNS-rebinding page could read photos)."""
+    assert client_for("http://localhost:8000").get("/api/health").status_code == 200
+    assert client_for("http://[::1]:8000").get("/api/health").status_code == 200
+    r = client_for("http://rebind.attacker.example:8000").get("/api/health")
+    assert r.status_code == 400 and "rebind.attacker.example" in r.json()["detail"]
+    extra = client_for("http://photos.lan:8000", allowed_hosts=["127.0.0.1", "photos.lan"])
+    assert extra.get("/api/health").status_code == 200
+    assert client_for("http://anything:8000", allowed_hosts=["*"]).get("/api/health").status_code == 200
+
+    locked = client_for(token="s3cret")
+    r = locked.get("/api/search/text", params={"q": "a dog"})
+    assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+    assert locked.get("/api/health", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert locked.get("/api/health", headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    first = locked.get("/", params={"token": "s3cret"})  # the address the server prints
+    assert first.status_code == 200 and "HttpOnly" in first.headers["set-cookie"]
+    assert locked.get("/api/health").status_code == 200  # the page's next requests carry the cookie
+
+
+def test_serve_answers_the_bound_names_by_default():
+    from itmatch.commands.serve import allowed_hosts
+
+    assert allowed_hosts("127.0.0.1", []) == ["127.0.0.1", "::1", "localhost"]
+    assert allowed_hosts("192.168.1.5", ["photos.lan"]) == ["192.168.1.5", "photos.lan"]
+    import socket
+
+    assert {"127.0.0.1", "localhost", socket.gethostname()} <= set(allowed_hosts("0.0.0.0", []))
+
+
+def test_json_true_is_not_a_k(client_for):
+    """Item 14: JSON k: true was accepted as k = 1."""
+    client = client_for()
+    assert client.post("/api/search/text", json={"query": "a dog", "k": True}).status_code == 422
+    assert client.post("/api/search/text", json={"query": "a dog", "k": 2}).status_code == 200
