@@ -77,7 +77,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "val_holdout": Int(min=1),
         "holdout_seed": Int(min=0),
         "max_train_images": Int(min=1, nullable=True),
-        "features": FilePath(nullable=False, keep=("auto",)),
+        "features": FilePath(nullable=False, keep=("auto", "none")),  # or a features folder
         "feature_backbone": Str(),
         "feature_weights": FilePath(),
         "feature_cache": FilePath(),
