@@ -20,7 +20,7 @@ import torch.multiprocessing as mp
 from itmatch.models import build_model
 from itmatch.training.distributed import DistInfo, init_distributed, shard_bounds, shutdown_distributed
 from itmatch.training.schedule import parse_stage
-from itmatch.training.step import StepContext, train_step
+from itmatch.training.step import StepContext, to_floats, train_step
 from itmatch.training.trainer import make_optimizers, set_trainable, step_context
 
 from conftest import tiny_overrides, write_precomp
@@ -72,7 +72,7 @@ def grads_of(stage_name: str, batch: dict, info: DistInfo) -> tuple[dict[str, fl
     lo, hi = shard_bounds(batch["images"].shape[0], info.rank, info.world_size)
     shard = {"images": batch["images"][lo:hi], "text": {k: v[lo:hi] for k, v in batch["text"].items()},
              "image_ids": batch["image_ids"][lo:hi]}  # fmt: skip
-    values = train_step(model, shard, stage, optimizers, ctx, adv_lambda=0.7)
+    values = to_floats(train_step(model, shard, stage, optimizers, ctx, adv_lambda=0.7))
     return values, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 

@@ -156,9 +156,9 @@ def test_backbone_trains_only_where_unfrozen_with_frozen_batchnorm_and_fresh_cac
         inputs.setdefault(stage.name, set()).add(batch["images"].dim())
         return real_step(model, batch, stage, optimizers, *args)
 
-    def spy_features(corpus, data_cfg, progress=False):
+    def spy_features(corpus, data_cfg, progress=False, device=None):
         feature_reads.append(f"{current['stage']}:{corpus.split}")
-        return real_features(corpus, data_cfg, progress=progress)
+        return real_features(corpus, data_cfg, progress=progress, device=device)
 
     monkeypatch.setattr(trainer_module, "train_step", spy_step)
     monkeypatch.setattr(data_mod, "corpus_features", spy_features)

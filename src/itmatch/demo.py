@@ -169,10 +169,12 @@ def prepare_dataset(out_dir: str | Path, plan: DemoPlan, seed: int, progress: bo
 
 
 def prepare_features(
-    dataset_json: Path, out_dir: str | Path, plan: DemoPlan, progress: bool = False
+    dataset_json: Path, out_dir: str | Path, plan: DemoPlan, progress: bool = False, device: str = "auto"
 ) -> tuple[FeatureStore, int]:
-    """Extract (or reuse) the features of every image of the data set; returns (store, computed)."""
+    """Extract (or reuse) the features of every image of the data set on ``device`` (the demo's
+    recipes train on ``auto`` too); returns (store, computed)."""
     from itmatch.data import load_corpus
+    from itmatch.device import pick_device
     from itmatch.features import extract_features
 
     ids: list[str] = []
@@ -184,7 +186,8 @@ def prepare_features(
     # One decoding worker: the PNGs are small, and on a busy 2-core machine a second decoding
     # process next to the forward pass costs more than it gives.
     store = extract_features(
-        root, ids, Path(out_dir) / FEATURES_DIR, image_size=plan.image_size, num_workers=1, progress=progress
+        root, ids, Path(out_dir) / FEATURES_DIR, image_size=plan.image_size, num_workers=1, progress=progress,
+        device=pick_device(device),
     )
     return store, store.computed
 

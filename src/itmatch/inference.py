@@ -56,9 +56,11 @@ class Matcher:
         self._feature_backbone: torch.nn.Module | None = None
 
     @classmethod
-    def from_run(cls, run: str | Path, checkpoint: str = "best", device: str = "cpu") -> Matcher:
+    def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | torch.device = "auto") -> Matcher:
+        """``device``: where the model (and any feature extraction for it) runs; ``auto``: cuda,
+        then mps, then cpu (see :func:`itmatch.device.pick_device`)."""
         from itmatch.data.text import Vocabulary
-        from itmatch.training.trainer import pick_device
+        from itmatch.device import pick_device
 
         # Absolute: an index records it, and must find it again from any directory.
         path = checkpoint_path(run, checkpoint).absolute()
@@ -152,5 +154,5 @@ class Matcher:
         else:
             from itmatch.training.data import corpus_features
 
-            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress))
+            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress, device=self.device))
         return images, self.embed_texts(corpus.flat_captions())

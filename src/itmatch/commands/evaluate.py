@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-invariance", action="store_true", help="skip the modality-invariance metrics")
     p.add_argument("--save-emb", metavar="PREFIX", help="also save PREFIX_images.npy and PREFIX_texts.npy")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
 
 
 def _load_embeddings(path: str, what: str) -> torch.Tensor:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         from itmatch.inference import Matcher
         from itmatch.training.data import load_split
 
-        matcher = Matcher.from_run(args.run, args.checkpoint)
+        matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
         corpus = load_split(data_config_with_args(matcher.config["data"], args), args.split)
         im, tx = matcher.embed_corpus(corpus, progress=not args.json)
         source = f"{args.run} ({matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"

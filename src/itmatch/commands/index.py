@@ -23,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rebuild", action="store_true",
                    help="start afresh, replacing an index built with another run or folder")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--threads", type=int,
                    help="torch intra-op threads (default: torch's; on a busy machine 1 or 2 can be several times faster)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

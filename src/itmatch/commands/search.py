@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run to query with (default: the one recorded in the index; it must be the same model)")
     p.add_argument("--checkpoint", default="best", help="with --run: best | last | a file name")
     p.add_argument("--exact", action="store_true", help="brute-force search even if the index has a FAISS index")
-    p.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -14,6 +14,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("-o", "--output", required=True, metavar="PNG")
     p.add_argument("--max-points", type=int, default=1000, help="points per modality (subsampled)")
+    p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda ...")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -22,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
     from itmatch.inference import Matcher
     from itmatch.training.data import load_split
 
-    matcher = Matcher.from_run(args.run, args.checkpoint)
+    matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
     im, tx = matcher.embed_corpus(load_split(data_config_with_args(matcher.config["data"], args), args.split), progress=True)
     probe = invariance_metrics(im, tx)["probe_acc"]
     title = f"{matcher.config.get('name', 'run')} ({args.split}): probe accuracy {probe:.1f}%"

@@ -430,7 +430,7 @@ def _run(
                     if reason:
                         failures[str(root / ids[row])] = reason
                 if bool(good.any()):
-                    batch = images[good].to(device, non_blocking=True)
+                    batch = _good_rows_on(images, good, device)
                     if device.type == "cpu":
                         batch = batch.contiguous(memory_format=torch.channels_last)
                     feats = torch.cat([model(part) for part in batch.split(chunk)]).float().cpu().numpy()
@@ -443,6 +443,17 @@ def _run(
                 seen += len(rows)
                 report(seen, len(todo))
     return computed, failures
+
+
+def _good_rows_on(images: torch.Tensor, good: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The decodable rows of a loader batch on ``device``. The batch itself is what moves (the
+    loader pinned it for a GPU, so the copy is asynchronous); a host-side ``images[good]`` would
+    be a fresh, unpinned tensor, so ``non_blocking`` would do nothing. Failed rows (rare) are
+    dropped after the copy, on the device."""
+    moved = images.to(device, non_blocking=True)
+    if bool(good.all()):
+        return moved
+    return moved[good.to(device, non_blocking=True)]
 
 
 def _cpu_chunk(image_size: int) -> int:

@@ -76,7 +76,7 @@ class SearchEngine:
         run: str | Path | None = None,
         *,
         checkpoint: str = "best",
-        device: str = "cpu",
+        device: str = "auto",
         exact: bool = False,
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
     ) -> SearchEngine:

@@ -230,7 +230,7 @@ def create_app(
     *,
     engine: SearchEngine | None = None,
     checkpoint: str = "best",
-    device: str = "cpu",
+    device: str = "auto",
     exact: bool = False,
     max_k: int = DEFAULT_MAX_K,
     max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,

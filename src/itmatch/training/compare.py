@@ -118,7 +118,7 @@ def run_comparison(
                 cfg = load_config(name, [*overrides, f"seed={seed}"], skip_missing_stages=True)
                 init = out_dir / f"{base}-seed{seed}" if base else None
                 train(cfg, run_dir, init_from=init, progress=progress)
-            matcher = Matcher.from_run(run_dir, "best")
+            matcher = Matcher.from_run(run_dir, "best", device=load_config_device(run_dir))
             if corpus is None:
                 corpus = load_split(matcher.config["data"], eval_split)
             im, tx = matcher.embed_corpus(corpus, progress=progress)
@@ -140,3 +140,11 @@ def run_comparison(
     tsne_grid(maps, out_dir / "tsne.png")
     result["table"] = table
     return result
+
+
+def load_config_device(run_dir: Path) -> str:
+    """The device a run was trained on (its ``training.device``): its evaluation runs there too."""
+    import yaml
+
+    cfg = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    return str((cfg.get("training") or {}).get("device") or "auto")

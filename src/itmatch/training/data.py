@@ -18,7 +18,7 @@ Two input paths, chosen by ``model.backbone`` (see :func:`training_data`):
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,13 +63,16 @@ def train_val_corpora(data_cfg: dict[str, Any]) -> tuple[Corpus, Corpus]:
 
 
 def corpus_features(
-    corpus: Corpus, data_cfg: dict[str, Any], progress: bool | Callable[[int, int], None] = False
+    corpus: Corpus,
+    data_cfg: dict[str, Any],
+    progress: bool | Callable[[int, int], None] = False,
+    device: torch.device | str | None = None,
 ) -> np.ndarray:
     """Image features (N x D float32) for a corpus, in its image order.
 
     Precomp corpora carry their features. Otherwise ``data.features`` is either ``auto`` (extract
-    with ``data.feature_backbone``, cached: a second call with the same images does no work) or
-    the folder of an ``itmatch extract`` output.
+    with ``data.feature_backbone`` on ``device`` (None: auto), cached: a second call with the same
+    images does no work) or the folder of an ``itmatch extract`` output.
     """
     if corpus.features is not None:
         return np.array(corpus.features, dtype=np.float32)  # a writable in-memory copy of the memmap
@@ -82,6 +85,7 @@ def corpus_features(
             "set model.backbone to train on photos, or data.features: auto"
         )
     if source == "auto":
+        from itmatch.device import pick_device
         from itmatch.features.backbones import require_weights
         from itmatch.training.config import default_cache_dir
 
@@ -95,6 +99,7 @@ def corpus_features(
             weights=require_weights(backbone, data_cfg.get("feature_weights"), "data.feature_weights"),
             progress=progress,
             image_size=int(data_cfg.get("image_size", 224)),
+            device=pick_device(device),
         )
     else:
         store = FeatureStore.open(Path(source))
@@ -260,6 +265,8 @@ class _BackboneState:
         self._pristine: dict[str, torch.Tensor] | None = None
         self.stale = False
         self.epochs = {"features": 0, "photos": 0}  # training epochs by input path (observability)
+        self._checked: tuple[tuple[int, int], ...] | None = None  # version fingerprint last found pristine
+        self.comparisons = 0  # full state comparisons with the snapshot (observability, tests)
 
     def attach(self, backbone: torch.nn.Module) -> None:
         self.backbone = backbone
@@ -274,11 +281,19 @@ class _BackboneState:
         if any(p.requires_grad for p in self.backbone.parameters()):
             return False
         assert self._pristine is not None
+        # Every in-place change of a tensor (an optimizer step, load_state_dict) bumps its version
+        # counter: while the counters are those last found pristine, the weights still are, and
+        # the full comparison (a device-to-host copy of the whole backbone on a GPU) is skipped.
+        fingerprint = tuple((id(t), t._version) for t in self.backbone.state_dict(keep_vars=True).values())
+        if fingerprint == self._checked:
+            return True
+        self.comparisons += 1
         current = self.backbone.state_dict()
         if any(not torch.equal(current[k].cpu(), v) for k, v in self._pristine.items()):
             self.stale = True
             self._pristine = None  # not needed any more
             return False
+        self._checked = fingerprint
         return True
 
     def features(self, which: str) -> torch.Tensor:
@@ -355,12 +370,16 @@ class PhotoImages:
         state: _BackboneState,
         which: str = "val",
         memory_format: torch.memory_format = torch.contiguous_format,
+        num_workers: int = 0,
+        pin_memory: bool = False,
     ):
         self.paths = [str(p) for p in paths]
         self.transform = transform
         self.state = state
         self.which = which
         self.memory_format = memory_format
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -373,6 +392,29 @@ class PhotoImages:
         photos = CaptionPhotos(self.paths, self.transform)
         pixels = torch.stack([photos[(5 * i, 0)][0] for i in range(*index.indices(len(self.paths)))])
         return pixels.contiguous(memory_format=self.memory_format)
+
+    def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
+        """All images in order, ``batch_size`` at a time: the cached features, or the photos
+        decoded by ``num_workers`` DataLoader processes (pinned for a GPU) while the model
+        embeds the previous batch."""
+        if self.state.use_features():
+            feats = self.state.features(self.which)
+            yield from (feats[i : i + batch_size] for i in range(0, len(self.paths), batch_size))
+            return
+        rows = [[(5 * i, 0) for i in range(a, min(a + batch_size, len(self.paths)))] for a in range(0, len(self.paths), batch_size)]
+        loader = torch.utils.data.DataLoader(
+            CaptionPhotos(self.paths, self.transform),
+            batch_sampler=rows,
+            num_workers=self.num_workers,
+            collate_fn=_stack_pixels,
+            pin_memory=self.pin_memory,
+        )
+        for pixels in loader:
+            yield pixels.contiguous(memory_format=self.memory_format)
+
+
+def _stack_pixels(items: list[tuple[torch.Tensor, int]]) -> torch.Tensor:
+    return torch.stack([pixels for pixels, _ in items])
 
 
 @dataclass
@@ -436,8 +478,8 @@ def training_data(
     val_captions = processor.encode(val_corpus.flat_captions())
     backbone = cfg["model"].get("backbone")
     if not backbone:
-        train_feats = torch.from_numpy(corpus_features(train_corpus, data_cfg, progress=progress))
-        val_feats = torch.from_numpy(corpus_features(val_corpus, data_cfg, progress=progress))
+        train_feats = torch.from_numpy(corpus_features(train_corpus, data_cfg, progress=progress, device=device))
+        val_feats = torch.from_numpy(corpus_features(val_corpus, data_cfg, progress=progress, device=device))
         pairs = PairBatches(train_feats, train_captions, processor.collate, batch_size)
         return TrainingData(pairs, val_feats, val_captions, int(train_feats.shape[1]), int(tcfg["eval_batch_size"]))
 
@@ -455,7 +497,7 @@ def training_data(
     corpora = {"train": train_corpus, "val": val_corpus}
 
     def load(which: str) -> torch.Tensor:
-        return torch.from_numpy(corpus_features(corpora[which], cache_cfg, progress=progress))
+        return torch.from_numpy(corpus_features(corpora[which], cache_cfg, progress=progress, device=device))
 
     state = _BackboneState(allow_features=source != "none", load_features=load)
     # On CPU, channels-last convolutions train EfficientNet-Lite0 ~1.7x faster (its depthwise
@@ -472,7 +514,10 @@ def training_data(
         pin_memory=device is not None and device.type == "cuda",
         memory_format=memory_format,
     )
-    val_images = PhotoImages(val_paths, spec.transform(image_size, train=False), state, memory_format=memory_format)
+    val_images = PhotoImages(
+        val_paths, spec.transform(image_size, train=False), state, memory_format=memory_format,
+        num_workers=int(tcfg.get("num_workers") or 0), pin_memory=device is not None and device.type == "cuda",
+    )  # fmt: skip
     eval_bs = min(int(tcfg["eval_batch_size"]), PHOTO_EVAL_BATCH)
     return TrainingData(pairs, val_images, val_captions, int(spec.feature_dim), eval_bs, state, channels_last)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -52,7 +53,8 @@ def init_distributed(device: torch.device, timeout_s: float = 1800.0) -> tuple[D
         local_rank=int(os.environ.get("LOCAL_RANK", "0")),
     )
     if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
+        # More ranks than GPUs share them round-robin (NCCL may still refuse two ranks on one GPU).
+        device = torch.device("cuda", info.local_rank % max(1, torch.cuda.device_count()))
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
@@ -100,22 +102,47 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[start : start + ctx.sizes[ctx.rank]], None, None
 
 
-def _sizes(n: int, info: DistInfo, device: torch.device) -> tuple[int, ...]:
+def shard_sizes(n: int, info: DistInfo, device: torch.device) -> tuple[int, ...]:
+    """Every rank's row count ``n``, in rank order: one all-gather and one host sync. A step
+    calls it at most once per batch (see :func:`itmatch.training.step.train_step`), or not at all
+    when the data pipeline already knows the sizes (``batch["shard_sizes"]``)."""
+    if not info.enabled:
+        return (n,)
     local = torch.tensor([n], dtype=torch.long, device=device)
     sizes = [torch.zeros_like(local) for _ in range(info.world_size)]
     dist.all_gather(sizes, local)
-    return tuple(int(s.item()) for s in sizes)
+    return tuple(int(s) for s in torch.cat(sizes).tolist())
 
 
-def gather_with_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """Rows of every rank, in rank order; gradients flow back to each rank's own rows."""
+def gather_with_grad(x: torch.Tensor, info: DistInfo, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Rows of every rank, in rank order; gradients flow back to each rank's own rows.
+
+    ``sizes``: every rank's row count, when known (else exchanged here, which costs a host sync)."""
     if not info.enabled:
         return x
-    return _GatherWithGrad.apply(x, _sizes(x.shape[0], info, x.device), info.rank)
+    if sizes is None:
+        sizes = shard_sizes(x.shape[0], info, x.device)
+    return _GatherWithGrad.apply(x, tuple(sizes), info.rank)
 
 
-def gather_no_grad(x: torch.Tensor, info: DistInfo) -> torch.Tensor:
+def gather_no_grad(x: torch.Tensor, info: DistInfo, sizes: tuple[int, ...] | None = None) -> torch.Tensor:
     if not info.enabled:
         return x
+    if sizes is None:
+        sizes = shard_sizes(x.shape[0], info, x.device)
     with torch.no_grad():
-        return _GatherWithGrad.apply(x.detach(), _sizes(x.shape[0], info, x.device), info.rank)
+        return _GatherWithGrad.apply(x.detach(), tuple(sizes), info.rank)
+
+
+def global_shard_sizes(global_batch: int, world_size: int) -> tuple[int, ...]:
+    """The shard sizes of every rank for a global batch of ``global_batch`` rows (see :func:`shard_bounds`)."""
+    return tuple(hi - lo for lo, hi in (shard_bounds(global_batch, r, world_size) for r in range(world_size)))
+
+
+def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
+    """``obj`` of every rank, in rank order (every rank must call it; one process: ``[obj]``)."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out

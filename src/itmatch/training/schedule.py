@@ -10,7 +10,8 @@ A stage (one entry of a recipe's ``stages`` list)::
     lr_decay_gamma: 0.1
     train: [image, text, classifier]   # parts: image, backbone, text, text_backbone, classifier
     rank: max_violation        # null | sum | max_violation
-    classifier: false          # train the modality classifier on true labels (encoders frozen or not)
+    classifier: false          # train the modality classifier on true labels (encoders frozen or not;
+                               # not with mode grl, which trains it in its joint step)
     adversarial:               # null, or how the encoders fight the classifier
       mode: grl                # grl (gradient reversal, one step) | alternate (D step, then encoder step)
       lambda: 0.1
@@ -155,6 +156,13 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         raise ConfigError(f"{where}.select: {stage.select!r} is not one of {list(SELECT_MODES)}")
     if stage.rank is None and not stage.classifier and stage.adversarial is None:
         raise ConfigError(f"{where}: no loss is on (set rank, classifier or adversarial)")
+    if stage.classifier and stage.adversarial is not None and stage.adversarial.mode == "grl":
+        # grl already trains the classifier on the true labels in its one joint step; a second,
+        # classifier-alone step would double its updates (and, with fp16, unscale twice).
+        raise ConfigError(
+            f"{where}: classifier: true cannot be combined with adversarial mode grl (grl trains the classifier "
+            "in its joint step already); drop classifier: true, or use mode: alternate"
+        )
     if stage.classifier and "classifier" not in stage.train:
         raise ConfigError(f"{where}: classifier: true needs 'classifier' in train")
     if stage.rank and not stage.trains_encoders:

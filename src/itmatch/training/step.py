@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from itmatch.errors import ConfigError
 from itmatch.losses import (
-    classifier_accuracy,
     classifier_loss,
     confusion_loss,
     modality_logits_and_labels,
     triplet_ranking_loss,
 )
 from itmatch.models import JointModel, grad_reverse
-from itmatch.training.distributed import DistInfo, gather_no_grad, gather_with_grad
+from itmatch.training.distributed import DistInfo, gather_no_grad, gather_with_grad, shard_sizes
 from itmatch.training.schedule import Stage
 
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -45,7 +45,7 @@ class StepContext:
     dist: DistInfo = field(default_factory=DistInfo)
     encoders: nn.Module | None = None  # DDP-wrapped EncoderPair when distributed
     classifier: nn.Module | None = None  # DDP-wrapped classifier when distributed
-    scaler: torch.amp.GradScaler | None = None  # fp16 on CUDA only
+    scaler: torch.amp.GradScaler | None = None  # fp16 only; one per run (its scale carries over stages)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -54,19 +54,29 @@ class StepContext:
         return torch.autocast(device_type=self.device_type, dtype=dtype)
 
 
+def micro_bounds(n: int, parts: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of ``parts`` micro-batches of (nearly) equal size over ``n`` rows, in
+    order (fewer when ``n < parts``). A pure function of ``(n, parts)``: every rank can compute
+    every other rank's micro-batch sizes without asking."""
+    if parts <= 1 or n <= 1:
+        return [(0, n)]
+    k = min(parts, n)
+    bounds = [(i * n + k // 2) // k for i in range(k + 1)]  # integers: no tensor, no rounding doubt
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
 def split_batch(batch: dict[str, Any], parts: int) -> list[dict[str, Any]]:
     """``parts`` micro-batches of (nearly) equal size, in order."""
-    n = batch["images"].shape[0]
-    if parts <= 1 or n <= 1:
+    bounds = micro_bounds(batch["images"].shape[0], parts)
+    if len(bounds) == 1:
         return [batch]
-    bounds = torch.linspace(0, n, min(parts, n) + 1).round().long().tolist()
     return [
         {
             "images": batch["images"][a:b],
             "text": {k: v[a:b] for k, v in batch["text"].items()},
             "image_ids": batch["image_ids"][a:b],
         }
-        for a, b in zip(bounds[:-1], bounds[1:])
+        for a, b in bounds
     ]
 
 
@@ -106,6 +116,34 @@ def _clip_and_step(optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
         optimizer.step()
 
 
+def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Correct modality predictions, as a tensor (no host sync; see ``classifier_accuracy``)."""
+    return ((logits.detach() > 0).to(labels.dtype) == labels).sum()
+
+
+def batch_shard_sizes(batch: dict[str, Any], dist: DistInfo) -> tuple[int, ...]:
+    """Every rank's row count of this global batch: from the batch when the data pipeline
+    attached it (``shard_sizes``, no communication), else one all-gather."""
+    n = int(batch["images"].shape[0])
+    known = batch.get("shard_sizes")
+    if known is not None:
+        sizes = tuple(int(s) for s in known)
+        if len(sizes) != dist.world_size or sizes[dist.rank] != n:
+            raise ValueError(f"batch shard_sizes {sizes} do not fit rank {dist.rank} of {dist.world_size} with {n} rows")
+        return sizes
+    return shard_sizes(n, dist, batch["images"].device)
+
+
+def to_floats(values: dict[str, torch.Tensor | float]) -> dict[str, float]:
+    """The logged values of :func:`train_step` as Python floats: one host sync for all of them."""
+    tensors = {k: v for k, v in values.items() if isinstance(v, torch.Tensor)}
+    out = {k: float(v) for k, v in values.items() if not isinstance(v, torch.Tensor)}
+    if tensors:
+        # float64: a float64 step's losses keep their precision
+        out.update(zip(tensors, torch.stack([v.double().reshape(()) for v in tensors.values()]).tolist()))
+    return {k: out[k] for k in values}
+
+
 def train_step(
     model: JointModel,
     batch: dict[str, Any],
@@ -113,9 +151,14 @@ def train_step(
     optimizers: dict[str, torch.optim.Optimizer],
     ctx: StepContext,
     adv_lambda: float = 0.0,
-) -> dict[str, float]:
+) -> dict[str, torch.Tensor | float]:
     """One optimisation step of ``stage`` on this rank's shard ``batch``; returns logged values
-    (losses summed over micro-batches, for the global batch)."""
+    (losses summed over micro-batches, for the global batch).
+
+    The values are detached 0-dim tensors on the step's device (``lambda`` is a float): reading
+    them forces the host to wait for the GPU, so the trainer converts them (:func:`to_floats`)
+    on log steps only.
+    """
     model.train()
     opt_enc, opt_d = optimizers.get("encoders"), optimizers.get("classifier")
     encoders: Callable = ctx.encoders if ctx.encoders is not None else model.encoders()
@@ -123,70 +166,96 @@ def train_step(
     adv = stage.adversarial
     encoders_learn = opt_enc is not None and (stage.rank is not None or adv is not None)
     classifier_alone = opt_d is not None and (stage.classifier or (adv is not None and adv.mode == "alternate"))
-    chunks = split_batch(batch, ctx.accumulate)
-    out: dict[str, float] = {}
+    if classifier_alone and encoders_learn and adv is not None and adv.mode == "grl":
+        # parse_stage rejects this; a Stage built by hand must not step the classifier twice.
+        raise ConfigError(f"stage {stage.name!r}: classifier: true cannot be combined with adversarial mode grl")
+    # Every rank must split into the same number of micro-batches (each one is a collective).
+    rank_sizes = batch_shard_sizes(batch, ctx.dist)
+    parts = max(1, min(ctx.accumulate, *rank_sizes))
+    chunks = split_batch(batch, parts)
+    # chunk_sizes[c]: every rank's rows in micro-batch c, computed, not exchanged.
+    per_rank = [[b - a for a, b in micro_bounds(n, parts)] for n in rank_sizes]
+    chunk_sizes = [tuple(sizes[c] for sizes in per_rank) for c in range(len(chunks))]
+    ddp_modules = [m for m in (ctx.encoders, ctx.classifier) if m is not None and hasattr(m, "no_sync")]
 
-    def add(key: str, value: float) -> None:
-        out[key] = out.get(key, 0.0) + value
+    def accumulating(c: int) -> contextlib.AbstractContextManager:
+        # DDP all-reduces gradients on every backward; only the last micro-batch's needs to.
+        stack = contextlib.ExitStack()
+        if c < len(chunks) - 1:
+            for m in ddp_modules:
+                stack.enter_context(m.no_sync())
+        return stack
+
+    out: dict[str, torch.Tensor | float] = {}
+
+    def add(key: str, value: torch.Tensor) -> None:
+        value = _full(value.detach())
+        out[key] = out[key] + value if key in out else value
 
     if classifier_alone:
         # The classifier learns the true labels on detached embeddings: the encoders are untouched.
         opt_d.zero_grad(set_to_none=True)
-        correct = total = 0
-        for chunk in chunks:
-            with torch.no_grad(), ctx.autocast():
-                im, tx = model(chunk["images"], chunk["text"])
-            im, tx = gather_no_grad(_full(im), ctx.dist), gather_no_grad(_full(tx), ctx.dist)
-            with ctx.autocast():
-                logits, labels = modality_logits_and_labels(classifier, im, tx)
-                d_loss = classifier_loss(_full(logits), labels)
-            _backward(d_loss, ctx)
-            add("d_loss", float(d_loss.detach()))
-            correct += classifier_accuracy(_full(logits.detach()), labels) * len(labels)
+        correct, total = None, 0
+        for c, chunk in enumerate(chunks):
+            with accumulating(c):
+                with torch.no_grad(), ctx.autocast():
+                    im, tx = model(chunk["images"], chunk["text"])
+                sizes = chunk_sizes[c]
+                im, tx = gather_no_grad(_full(im), ctx.dist, sizes), gather_no_grad(_full(tx), ctx.dist, sizes)
+                with ctx.autocast():
+                    logits, labels = modality_logits_and_labels(classifier, im, tx)
+                    d_loss = classifier_loss(_full(logits), labels)
+                _backward(d_loss, ctx)
+            add("d_loss", d_loss)
+            hits = _hits(logits, labels)
+            correct = hits if correct is None else correct + hits
             total += len(labels)
         _clip_and_step(opt_d, ctx)
-        out["d_acc"] = correct / total
+        out["d_acc"] = correct * (100.0 / total)
 
     if encoders_learn:
         for opt in optimizers.values():
             opt.zero_grad(set_to_none=True)
-        correct = total = 0
-        for chunk in chunks:
-            with ctx.autocast():
-                im, tx = encoders(chunk["images"], chunk["text"])
-            im, tx = gather_with_grad(_full(im), ctx.dist), gather_with_grad(_full(tx), ctx.dist)
-            ids = gather_no_grad(chunk["image_ids"], ctx.dist)
-            loss = im.new_zeros(())
-            if stage.rank is not None:
-                rank = triplet_ranking_loss(im, tx, ctx.margin, stage.rank == "max_violation", image_ids=ids)
-                loss = loss + rank
-                add("rank_loss", float(rank.detach()))
-            if adv is not None and adv.mode == "grl":
-                # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
+        correct, total = None, 0
+        for c, chunk in enumerate(chunks):
+            sizes = chunk_sizes[c]
+            with accumulating(c):
                 with ctx.autocast():
-                    logits, labels = modality_logits_and_labels(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
-                d_loss = classifier_loss(_full(logits), labels)
-                loss = loss + d_loss
-                add("d_loss", float(d_loss.detach()))
-                correct += classifier_accuracy(_full(logits.detach()), labels) * len(labels)
-                total += len(labels)
-            elif adv is not None:
-                # Alternate mode: the encoders minimise the confusion objective against the
-                # classifier as it is now; no gradient reaches the classifier's parameters.
-                with frozen(model.classifier), ctx.autocast():
-                    logits, labels = modality_logits_and_labels(model.classifier, im, tx)
-                conf = confusion_loss(_full(logits), labels, adv.objective)
-                loss = loss + adv_lambda * conf
-                add("confusion_loss", float(conf.detach()))
-            _backward(loss, ctx)
-            add("loss", float(loss.detach()))
+                    im, tx = encoders(chunk["images"], chunk["text"])
+                im, tx = gather_with_grad(_full(im), ctx.dist, sizes), gather_with_grad(_full(tx), ctx.dist, sizes)
+                ids = gather_no_grad(chunk["image_ids"], ctx.dist, sizes)
+                loss = im.new_zeros(())
+                if stage.rank is not None:
+                    rank = triplet_ranking_loss(im, tx, ctx.margin, stage.rank == "max_violation", image_ids=ids)
+                    loss = loss + rank
+                    add("rank_loss", rank)
+                if adv is not None and adv.mode == "grl":
+                    # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
+                    with ctx.autocast():
+                        logits, labels = modality_logits_and_labels(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
+                    d_loss = classifier_loss(_full(logits), labels)
+                    loss = loss + d_loss
+                    add("d_loss", d_loss)
+                    hits = _hits(logits, labels)
+                    correct = hits if correct is None else correct + hits
+                    total += len(labels)
+                elif adv is not None:
+                    # Alternate mode: the encoders minimise the confusion objective against the
+                    # classifier as it is now; no gradient reaches the classifier's parameters.
+                    with frozen(model.classifier), ctx.autocast():
+                        logits, labels = modality_logits_and_labels(model.classifier, im, tx)
+                    conf = confusion_loss(_full(logits), labels, adv.objective)
+                    loss = loss + adv_lambda * conf
+                    add("confusion_loss", conf)
+                _backward(loss, ctx)
+            add("loss", loss)
         if total:
-            out["d_acc"] = correct / total
+            out["d_acc"] = correct * (100.0 / total)
         _clip_and_step(opt_enc, ctx)
         if adv is not None and adv.mode == "grl" and opt_d is not None:
             _clip_and_step(opt_d, ctx)
     else:
-        out["loss"] = out.get("d_loss", 0.0)
+        out["loss"] = out["d_loss"]
     if ctx.scaler is not None:
         ctx.scaler.update()
     if adv is not None:

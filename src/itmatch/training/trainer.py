@@ -9,7 +9,12 @@ Run folder::
     summary.json       the best validation record and where it came from
 
 Resume (``resume=True``) continues from ``last.pt`` exactly: stage, epoch, step within the epoch,
-model and optimizer states and the per-epoch shuffling (a function of seed, stage and epoch).
+model and optimizer states, the fp16 grad scaler, every rank's torch RNG state (CPU and CUDA) and
+the per-epoch shuffling (a function of seed, stage and epoch).
+
+Seeds: the model is initialised from ``seed`` (the same weights on every rank); then each rank
+draws its dropout / stochastic-depth masks from its own stream (``seed + rank``), while the data
+order stays a function of ``seed`` alone.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np
 import torch
 import yaml
 
+from itmatch.device import pick_device
 from itmatch.errors import ConfigError, ItmatchError
 from itmatch.fileio import exclusive_lock
 from itmatch.losses import classifier_accuracy, dann_lambda
@@ -35,8 +41,10 @@ from itmatch.models.joint import resolve_model_config
 from itmatch.models.text_processing import make_text_processor
 from itmatch.training.checkpoint import (
     atomic_write_text,
+    capture_rng_state,
     load_checkpoint,
     remove_stale_temp_files,
+    restore_rng_state,
     save_checkpoint,
 )
 from itmatch.training.config import resume_config
@@ -44,30 +52,30 @@ from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.distributed import (
     DistInfo,
     barrier,
+    gather_objects,
+    global_shard_sizes,
     init_distributed,
     shutdown_distributed,
 )
 from itmatch.training.schedule import Stage, parse_stages
-from itmatch.training.step import PRECISIONS, StepContext, train_step
+from itmatch.training.step import PRECISIONS, StepContext, to_floats, train_step
 
 Logger = Callable[[dict[str, Any]], None]
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu; any other name is used as given."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+__all__ = ["pick_device", "train", "step_context"]  # pick_device lives in itmatch.device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The RNG seed of rank ``rank``'s dropout masks: distinct per rank (identical masks on every
+    rank would make N GPUs draw one mask N times), ``seed`` itself on rank 0."""
+    return int(seed) + int(rank)
 
 
 def epoch_seed(seed: int, stage_index: int, epoch: int) -> int:
@@ -125,7 +133,9 @@ def embed_split(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Joint-space embeddings of N images and their 5N captions (on the CPU)."""
     model.eval()
-    im = torch.cat([model.encode_images(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)])
+    # Photos come decoded by DataLoader workers (PhotoImages.batches); tensors are sliced.
+    slices = images.batches(batch_size) if hasattr(images, "batches") else (images[i : i + batch_size] for i in range(0, len(images), batch_size))
+    im = torch.cat([model.encode_images(part.to(device, non_blocking=True)).cpu() for part in slices])
     tx = []
     for i in range(0, len(captions), batch_size):
         text = {k: v.to(device) for k, v in collate(captions[i : i + batch_size]).items()}
@@ -293,13 +303,22 @@ def _train(
 
     model = build_model(cfg["model"], vocab_size=len(vocab), feature_dim=data.feature_dim).to(device)
     data.attach(model)  # before any weights are loaded: snapshots the pretrained backbone, freezes BN statistics
+    # The same initial weights everywhere (built from the global seed), then one stream per rank.
+    seed_everything(rank_seed(seed, info.rank))
     progress_state = Progress()
     best = Best()
+    scaler = _grad_scaler(tcfg["precision"], device)
     if state is not None:
         model.load_state_dict(state["model"])
         progress_state = Progress(**state["progress"])
         best = Best(state["best"]["rsum"], state["best"]["record"])
-        torch.set_rng_state(state["rng"])
+        if not restore_rng_state(state["rng"], info.rank, device):
+            raise ItmatchError(
+                f"{run_dir}: the checkpoint holds the RNG state of fewer ranks than this run's {info.world_size}; "
+                "resume with the number of processes it was saved with"
+            )
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
     elif init_from is not None:
         source = load_checkpoint(_checkpoint_path(init_from))
         # Compared with defaults filled in (a run saved before a model key existed still fits);
@@ -320,7 +339,12 @@ def _train(
             if log is not None:
                 log(record)
 
-    def checkpoint(path: Path, optimizers: dict[str, torch.optim.Optimizer] | None) -> None:
+    def rng_states() -> dict[str, list[Any]]:
+        # Collective: every rank calls it at the same points, rank 0 keeps the states.
+        states = gather_objects(capture_rng_state(device), info)
+        return {"cpu": [s["cpu"] for s in states], "cuda": [s["cuda"] for s in states]}
+
+    def checkpoint(path: Path, optimizers: dict[str, torch.optim.Optimizer] | None, rng: dict[str, list[Any]]) -> None:
         if not main:
             return
         save_checkpoint(
@@ -335,7 +359,8 @@ def _train(
                 "feature_dim": data.feature_dim,
                 "progress": progress_state.to_dict(),
                 "best": {"rsum": best.rsum, "record": best.record},
-                "rng": torch.get_rng_state(),
+                "rng": rng,  # per rank: {"cpu": [...], "cuda": [...]}
+                "scaler": scaler.state_dict() if scaler is not None else None,
                 "wall_time_s": time_before + (time.time() - start),
             },
         )
@@ -346,13 +371,14 @@ def _train(
     for stage_index in range(progress_state.stage, len(stages)):
         stage = stages[stage_index]
         set_trainable(model, stage)
+        _prime_sentence_cache(model, cfg, data, info, progress)
         optimizers = make_optimizers(model, stage, progress_state.epoch)
         if state is not None and state.get("optimizer_stage") == stage_index:
             for key, opt in optimizers.items():
                 opt.load_state_dict(state["optimizers"][key])
             set_learning_rates(optimizers, stage, progress_state.epoch)
         state = None  # only the first resumed stage restores optimizer state
-        ctx = step_context(model, cfg, info, device)
+        ctx = step_context(model, cfg, info, device, scaler=scaler)
         steps_per_epoch = len(pairs)
         for epoch in range(progress_state.epoch, stage.epochs):
             set_learning_rates(optimizers, stage, epoch)
@@ -361,6 +387,9 @@ def _train(
             epoch_start = time.time()
             for step, batch in batches:
                 batch = _to_device(batch, device)
+                if "shard_sizes" not in batch and info.enabled:
+                    # PairBatches yields shards of a global batch; their sizes need no exchange.
+                    batch["shard_sizes"] = global_shard_sizes(_global_rows(batch, step, pairs), info.world_size)
                 done = (epoch * steps_per_epoch + step) / max(1, stage.epochs * steps_per_epoch)
                 adv_lambda = 0.0
                 if stage.adversarial is not None:
@@ -371,14 +400,17 @@ def _train(
                 progress_state.global_step += 1
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{values['loss']:.3f}")
+                # The values stay on the device until a log step: reading them waits for the GPU.
                 if progress_state.global_step % int(tcfg["log_every"]) == 0:
+                    values = to_floats(values)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{values['loss']:.3f}")
                     values = {f"train/{k}": v for k, v in values.items()}
                     values.update({f"lr/{g['part']}": g["lr"] for o in optimizers.values() for g in o.param_groups})
                     emit(_record(progress_state, stage, epoch, values))
                 every = int(tcfg["checkpoint_every"])
                 if every and progress_state.global_step % every == 0 and progress_state.step < steps_per_epoch:
-                    checkpoint(last_path, optimizers)
+                    checkpoint(last_path, optimizers, rng_states())
             if bar is not None:
                 bar.close()
             epoch_time = time.time() - epoch_start
@@ -393,16 +425,20 @@ def _train(
                 record["epoch_time_s"] = epoch_time
                 record["best"] = stage.select == "rsum" and val["rsum"] > best.rsum
                 emit(record)
+            # After rank 0's validation (which may draw from its RNG): the states to resume from.
+            rng = rng_states()
+            if main:
                 if record["best"]:
                     best = Best(val["rsum"], record)
-                    checkpoint(ckpt_dir / "best.pt", None)
-                checkpoint(last_path, optimizers if progress_state.stage == stage_index else None)
+                    checkpoint(ckpt_dir / "best.pt", None, rng)
+                checkpoint(last_path, optimizers if progress_state.stage == stage_index else None, rng)
             barrier(info)  # the other ranks wait for validation and the checkpoint
         progress_state.stage, progress_state.epoch, progress_state.step = stage_index + 1, 0, 0
 
+    rng = rng_states()
     if main and not (ckpt_dir / "best.pt").exists():
         # No stage selects on rsum (or none ran): the final model is the chosen one.
-        checkpoint(ckpt_dir / "best.pt", None)
+        checkpoint(ckpt_dir / "best.pt", None, rng)
     summary = {
         "run_dir": str(run_dir),
         "best": best.record,
@@ -416,15 +452,57 @@ def _train(
     return summary
 
 
-def step_context(model: JointModel, cfg: dict[str, Any], info: DistInfo, device: torch.device) -> StepContext:
-    """How this stage's steps run; under torchrun the trainable parts are wrapped in DDP (per
-    stage, since DDP registers only the parameters that train)."""
-    tcfg = cfg["training"]
-    precision = tcfg["precision"]
+def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
+    """The run's fp16 loss scaler (one per run: its scale carries over stages and resumes)."""
     if precision not in PRECISIONS:
         raise ItmatchError(f"training.precision: {precision!r} is not one of {list(PRECISIONS)}")
-    if precision == "fp16" and device.type != "cuda":
-        raise ItmatchError(f"training.precision: fp16 needs a CUDA device (this run uses {device}); use bf16")
+    if precision != "fp16":
+        return None
+    if device.type not in ("cuda", "cpu"):
+        raise ItmatchError(f"training.precision: fp16 needs a CUDA device or the CPU (this run uses {device}); use bf16")
+    # On the CPU fp16 is slow and only useful to test the scaled path; bf16 needs no scaler.
+    return torch.amp.GradScaler(device.type)
+
+
+def _prime_sentence_cache(model: JointModel, cfg: dict[str, Any], data: Any, info: DistInfo, progress: bool) -> None:
+    """A frozen MiniLM's sentence embeddings of every training and validation caption, from the
+    on-disk cache (computed once per machine; see :mod:`itmatch.features.sentences`)."""
+    from itmatch.models.minilm import MiniLMTextEncoder
+
+    encoder = model.text_encoder
+    if not isinstance(encoder, MiniLMTextEncoder) or not encoder.memoize_frozen or not encoder.backbone_frozen():
+        return
+    from itmatch.features.sentences import prime_sentence_cache
+    from itmatch.training.config import default_cache_dir
+
+    cache = Path(cfg["data"].get("feature_cache") or default_cache_dir() / "features")
+    sentences = [*data.pairs.captions, *data.val_captions]
+    bar = _bar(progress, len(set(map(tuple, sentences))), 0, "sentence embeddings")
+    report = (lambda done, total: bar.update(done - bar.n)) if bar is not None else None
+    # Rank 0 computes and writes what is missing; the others then read the complete cache.
+    if info.is_main:
+        prime_sentence_cache(encoder, sentences, cache, progress=report)
+    barrier(info)
+    if not info.is_main:
+        prime_sentence_cache(encoder, sentences, cache)
+    if bar is not None:
+        bar.close()
+
+
+def step_context(
+    model: JointModel,
+    cfg: dict[str, Any],
+    info: DistInfo,
+    device: torch.device,
+    scaler: torch.amp.GradScaler | None = None,
+) -> StepContext:
+    """How this stage's steps run; under torchrun the trainable parts are wrapped in DDP (per
+    stage, since DDP registers only the parameters that train). ``scaler``: the run's fp16
+    scaler (made here when None)."""
+    tcfg = cfg["training"]
+    precision = tcfg["precision"]
+    if scaler is None:
+        scaler = _grad_scaler(precision, device)
     ctx = StepContext(
         margin=float(cfg["loss"]["margin"]),
         grad_clip=float(tcfg["grad_clip"]),
@@ -432,7 +510,7 @@ def step_context(model: JointModel, cfg: dict[str, Any], info: DistInfo, device:
         device_type=device.type,
         precision=precision,
         dist=info,
-        scaler=torch.amp.GradScaler("cuda") if precision == "fp16" else None,
+        scaler=scaler if precision == "fp16" else None,
     )
     if info.enabled:
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -440,10 +518,32 @@ def step_context(model: JointModel, cfg: dict[str, Any], info: DistInfo, device:
         ids = [device.index] if device.type == "cuda" else None
         pair = model.encoders()
         if any(p.requires_grad for p in pair.parameters()):
-            ctx.encoders = DDP(pair, device_ids=ids, forward_sync_buffers=False)
+            ctx.encoders = DDP(pair, device_ids=ids, **_NO_FORWARD_BUFFER_SYNC)
         if any(p.requires_grad for p in model.classifier.parameters()):
-            ctx.classifier = DDP(model.classifier, device_ids=ids, forward_sync_buffers=False)
+            ctx.classifier = DDP(model.classifier, device_ids=ids, **_NO_FORWARD_BUFFER_SYNC)
     return ctx
+
+
+def _ddp_buffer_kwargs() -> dict[str, bool]:
+    """DDP without the buffer broadcast before every forward (frozen BatchNorm statistics are the
+    same on every rank): ``forward_sync_buffers`` in recent torch, ``broadcast_buffers`` before
+    (deprecated, with a warning, where the new name exists)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+_NO_FORWARD_BUFFER_SYNC = _ddp_buffer_kwargs()
+
+
+def _global_rows(batch: dict[str, Any], step: int, pairs: Any) -> int:
+    """Rows of global batch ``step`` (all full but the last)."""
+    total = len(pairs.captions)
+    return min(pairs.batch_size, total - step * pairs.batch_size)
 
 
 def _time_before(state: dict[str, Any] | None, run_dir: Path) -> float:
@@ -488,12 +588,15 @@ def _record(p: Progress, stage: Stage, epoch: int, values: dict[str, Any]) -> di
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     if device.type == "cpu":
-        return batch
-    return {
+        return dict(batch)
+    moved = {
         "images": batch["images"].to(device, non_blocking=True),
         "text": {k: v.to(device, non_blocking=True) for k, v in batch["text"].items()},
-        "image_ids": batch["image_ids"].to(device),
+        "image_ids": batch["image_ids"].to(device, non_blocking=True),
     }
+    if "shard_sizes" in batch:
+        moved["shard_sizes"] = batch["shard_sizes"]
+    return moved
 
 
 def _bar(enabled: bool, total: int, initial: int, desc: str):

@@ -1,0 +1,263 @@
+"""The VSE++ baseline on Flickr8k trained to convergence, and the ablations that explain the gap
+to the reference VSE++ code (fartashf/vsepp) at equal settings.
+
+    .venv/bin/python benchmarks/flickr8k_baseline.py run VARIANT [--seed 0] [--data DIR]
+    .venv/bin/python benchmarks/flickr8k_baseline.py table      # markdown table of every run so far
+    .venv/bin/python benchmarks/flickr8k_baseline.py plot       # learning curves -> results/flickr8k_baseline_curves.png
+
+Every variant trains the full-size model (d = 1024, 300-d words, one GRU layer, frozen
+EfficientNet-Lite0 features at 224 px, batch 128, Adam, grad clip 2) on frozen features, one
+thread. Two selection protocols:
+
+- ``dev-selected`` variants (``*_devsel``) train on all 6,000 train images and select the epoch
+  on dev, as the reference code does: only for the comparison with its published-protocol
+  number, never as a result of ours.
+- the others train on 5,500 train images, select on 500 held-out train images (``holdout_seed``
+  0) and report dev: the project's protocol.
+
+Each run records its learning curve (validation rsum per epoch), the epoch time and where it
+plateaued (the first epoch within 1.0 rsum of the curve's best), and
+its dev figures (1K protocol = all 1,000 dev images). Results accumulate, variant by variant, in
+benchmarks/results/flickr8k_baseline.json; runs live in /tmp/itmatch-f8k-baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from _common import REPO_ROOT, RESULTS_DIR, write_result
+
+RESULT = "flickr8k_baseline"
+RUNS = Path("/tmp/itmatch-f8k-baseline")
+CACHE = "/tmp/itmatch-bench-cache"
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "flickr8k"
+PLATEAU_DELTA = 1.0  # rsum points: a rise smaller than this is noise between epochs
+
+COMMON = ["training.threads=1", "training.log_every=100"]
+DEVSEL = ["data.val_split=dev"]
+HOLDOUT = ["data.val_holdout=500"]
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 autocast pays on CPUs with native bf16 arithmetic (AVX-512 BF16 or AMX): 2.8x fp32
+    there (results/train_throughput_bf16_2threads.json); on an AVX2-only CPU it is emulated and
+    ~20x slower than fp32 (results/train_throughput_bf16_avx2.json)."""
+    try:
+        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+BF16 = ["training.precision=bf16"] if cpu_has_fast_bf16() else []
+MINILM = ["model.text_encoder=minilm"]  # recorded in each run's overrides
+
+# The reference code's schedule: max-violation from the first step, 20 epochs, lr / 10 after 10.
+REF_STAGES = ("stages=[{name: hardest, epochs: 20, lr: 2.0e-4, lr_decay_epochs: 10, "
+              "train: [image, text], rank: max_violation}]")  # fmt: skip
+LONG_STAGES = ("stages=[{name: warmup, epochs: 1, lr: 2.0e-4, train: [image, text], rank: sum}, "
+               "{name: hardest, epochs: 29, lr: 2.0e-4, lr_decay_epochs: 15, train: [image, text], rank: max_violation}]")  # fmt: skip
+
+# name: (recipe, overrides, what it tests)
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "vsepp_devsel": (
+        "vsepp",
+        DEVSEL + BF16,
+        "the shipped recipe (1 warm-up + 15 hardest epochs, lr / 10 after 8)",
+    ),
+    "vsepp_fp32_devsel": (
+        "vsepp",
+        DEVSEL + ["training.precision=fp32"],
+        "the shipped recipe in float32 (is bf16 as good?)",
+    ),
+    "ref_devsel": (
+        "vsepp",
+        DEVSEL + BF16 + [REF_STAGES],
+        "the reference schedule: hardest from the start, 20 epochs, lr / 10 after 10",
+    ),
+    "long_devsel": (
+        "vsepp",
+        DEVSEL + BF16 + [LONG_STAGES],
+        "1 warm-up + 29 hardest epochs, lr / 10 after 15",
+    ),
+    "vsepp": ("vsepp", HOLDOUT + BF16, "the shipped recipe, our protocol (select on held-out train images)"),
+    # The cheap testbed: frozen all-MiniLM-L6-v2 sentence embeddings (cached on disk) + frozen
+    # image features; only the two projections train, so an epoch costs seconds.
+    "minilm": (
+        "vsepp",
+        HOLDOUT + MINILM + [LONG_STAGES],
+        "frozen MiniLM + frozen features, 1 warm-up + 29 hardest epochs",
+    ),
+    "minilm_ref": (
+        "vsepp",
+        HOLDOUT + MINILM + [REF_STAGES],
+        "frozen MiniLM, the reference schedule (no warm-up, 20 epochs, lr / 10 after 10)",
+    ),
+    "long": ("vsepp", HOLDOUT + BF16 + [LONG_STAGES], "1 warm-up + 29 hardest epochs, our protocol"),
+}
+
+
+def load_results() -> dict[str, Any]:
+    path = RESULTS_DIR / f"{RESULT}.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def curve_of(run_dir: Path) -> list[dict[str, Any]]:
+    records = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()
+    ]
+    return [
+        {
+            "epoch": i + 1,
+            "stage": r["stage"],
+            "val_rsum": r["val/rsum"],
+            "probe_acc": r.get("val/probe_acc"),
+            "epoch_time_s": r.get("epoch_time_s"),
+        }  # fmt: skip
+        for i, r in enumerate(r for r in records if "val/rsum" in r)
+    ]
+
+
+def plateau_epoch(curve: list[dict[str, Any]]) -> int:
+    """The first epoch whose validation rsum is within PLATEAU_DELTA of the curve's best: more
+    epochs after it gain nothing (the curve is flat or, with overfitting, falls)."""
+    best = max(p["val_rsum"] for p in curve)
+    return next(p["epoch"] for p in curve if p["val_rsum"] >= best - PLATEAU_DELTA)
+
+
+def run(variant: str, seed: int, data: Path) -> None:
+    import torch
+
+    from itmatch.data import load_corpus
+    from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.evaluation.recall import evaluate_embeddings
+    from itmatch.inference import Matcher
+    from itmatch.training.config import load_config
+    from itmatch.training.trainer import train
+
+    recipe, overrides, about = VARIANTS[variant]
+    overrides = [
+        "data.format=flickr8k",
+        f"data.path={data}",
+        f"data.feature_cache={CACHE}",
+        *COMMON,
+        *overrides,
+        f"seed={seed}",
+    ]
+    cfg = load_config(recipe, overrides)
+    run_dir = RUNS / f"{variant}-seed{seed}"
+    if not (run_dir / "summary.json").exists():
+        train(cfg, run_dir, progress=True, resume=(run_dir / "checkpoints" / "last.pt").exists())
+    summary = json.loads((run_dir / "summary.json").read_text())
+    curve = curve_of(run_dir)
+    torch.set_num_threads(1)
+    matcher = Matcher.from_run(run_dir, "best")
+    im, tx = matcher.embed_corpus(load_corpus("flickr8k", str(data), "dev"))
+    metrics = {
+        k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)
+    }
+    metrics.update(invariance_metrics(im, tx))
+    epoch_times = [p["epoch_time_s"] for p in curve if p["epoch_time_s"] is not None]
+    entry = {
+        "variant": variant,
+        "about": about,
+        "recipe": recipe,
+        "overrides": overrides,
+        "seed": seed,
+        "selection": "dev (as the reference code)"
+        if "data.val_split=dev" in overrides
+        else "500 held-out train images",
+        "dev_metrics": metrics,
+        "selected": {
+            "stage": summary["best"].get("stage"),
+            "epoch_in_stage": summary["best"].get("epoch"),
+            "val_rsum": summary["best"].get("val/rsum"),
+        },  # fmt: skip
+        "epochs": len(curve),
+        "plateau_epoch": plateau_epoch(curve),
+        "epoch_time_s_median": statistics.median(epoch_times) if epoch_times else None,
+        "train_wall_s": sum(epoch_times),
+        "curve": curve,
+        "run_dir": str(run_dir),
+    }
+    results = load_results().get("runs", {})
+    results[f"{variant}-seed{seed}"] = entry
+    write_result(RESULT, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
+    print(json.dumps({k: entry[k] for k in ("variant", "seed", "plateau_epoch", "epochs", "train_wall_s")}
+                     | {"dev_rsum": metrics["rsum"], "probe_acc": metrics["probe_acc"]}))  # fmt: skip
+
+
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc")
+
+
+def table() -> str:
+    runs = load_results().get("runs", {})
+    by_variant: dict[str, list[dict[str, Any]]] = {}
+    for entry in runs.values():
+        by_variant.setdefault(entry["variant"], []).append(entry)
+    head = "| variant | seeds | selection | " + " | ".join(COLUMNS) + " | plateau / epochs | s per epoch |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    for name, entries in by_variant.items():
+        cells = []
+        for col in COLUMNS:
+            values = [e["dev_metrics"][col] for e in entries]
+            mean = statistics.mean(values)
+            cells.append(f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""))
+        plateau = "/".join(str(plateau_epoch(e["curve"])) for e in entries)
+        epochs = entries[0]["epochs"]
+        sec = statistics.mean(e["epoch_time_s_median"] for e in entries)
+        lines.append(
+            f"| {name} | {len(entries)} | {entries[0]['selection']} | "
+            + " | ".join(cells)
+            + f" | {plateau} / {epochs} | {sec:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot() -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = load_results().get("runs", {})
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for key, entry in sorted(runs.items()):
+        curve = entry["curve"]
+        ax.plot([p["epoch"] for p in curve], [p["val_rsum"] for p in curve], marker=".", label=key)
+        ax.axvline(plateau_epoch(curve), color=ax.lines[-1].get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation rsum")
+    ax.set_title("Flickr8k VSE++ baseline: validation rsum per epoch (faint lines: plateau)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out = RESULTS_DIR / f"{RESULT}_curves.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("variant", choices=sorted(VARIANTS))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    sub.add_parser("table")
+    sub.add_parser("plot")
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args.variant, args.seed, args.data)
+    elif args.command == "table":
+        print(table())
+    else:
+        print(plot())
+
+
+if __name__ == "__main__":
+    main()
