@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from itmatch.errors import ItmatchError
+from itmatch.evaluation.invariance import MMD_BANDWIDTH
 
 if TYPE_CHECKING:
     from itmatch.data import Corpus
@@ -72,7 +73,8 @@ MODELS: tuple[DemoModel, ...] = (
 TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
     ("i2t_r1", "i2t R@1"), ("i2t_r5", "i2t R@5"), ("i2t_r10", "i2t R@10"),
     ("t2i_r1", "t2i R@1"), ("t2i_r5", "t2i R@5"), ("t2i_r10", "t2i R@10"),
-    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"), ("mmd", "MMD"),
+    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"),
+    ("mmd", f"MMD (σ={MMD_BANDWIDTH:g})"),  # one fixed kernel for every model: the MMDs compare
 )  # fmt: skip
 
 
@@ -567,6 +569,7 @@ def _write_results(
     result = {
         "split": EVAL_SPLIT,
         "protocol": PROTOCOL,
+        "mmd_bandwidth": MMD_BANDWIDTH,
         "test_images": n_images,
         "test_captions": 5 * n_images,
         "seed": seed,
@@ -644,7 +647,8 @@ seed-to-seed spread is measured here (`itmatch compare --seeds N` does that).
 - **probe acc %**: accuracy of a fresh logistic-regression probe trained to tell image from text
   embeddings (half of the test embeddings to fit, half to score); 50 = the modalities cannot be
   told apart. **centroid dist**: distance between the mean image and the mean text embedding;
-  **MMD**: maximum mean discrepancy between the two sets (RBF kernel). Lower = more invariant.
+  **MMD**: maximum mean discrepancy between the two sets (RBF kernel, the same fixed bandwidth
+  σ = {MMD_BANDWIDTH:g} for every model). Lower = more invariant.
 
 ## The models
 
