@@ -46,7 +46,8 @@ def _load_embeddings(path: str, what: str) -> torch.Tensor:
         raise ItmatchError(f"{what} file {p} is not a .npy array: {exc}") from exc
     if arr.ndim != 2:
         raise ItmatchError(f"{what} file {p}: expected a 2-D array, got shape {arr.shape}")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+    # a copy: a float32 memmap would pass through ascontiguousarray read-only (torch warns)
+    return torch.from_numpy(np.array(arr, dtype=np.float32))
 
 
 def run(args: argparse.Namespace) -> int:

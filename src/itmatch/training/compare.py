@@ -93,11 +93,20 @@ def run_comparison(
     ``eval_split`` and write ``results.json``, ``table.md`` and ``tsne.png`` there."""
     from itmatch.evaluation.invariance import invariance_metrics
     from itmatch.evaluation.plots import tsne_grid
-    from itmatch.evaluation.recall import evaluate_embeddings
+    from itmatch.evaluation.recall import evaluate_embeddings, resolve_protocol
     from itmatch.inference import Matcher
     from itmatch.training.config import load_config
     from itmatch.training.data import load_split
     from itmatch.training.trainer import train
+
+    # A protocol that does not fit the evaluation split (e.g. "1k" on a 5,000-image test set) is
+    # refused before hours of training, not after the first run.
+    first = parse_spec(order_specs(specs)[0])[0]
+    eval_corpus = load_split(load_config(first, list(overrides), skip_missing_stages=True)["data"], eval_split)
+    try:
+        resolve_protocol(protocol, len(eval_corpus))
+    except ValueError as exc:
+        raise ConfigError(f"{eval_split} split of {eval_corpus.name}: {exc}") from exc
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
