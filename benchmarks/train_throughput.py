@@ -57,6 +57,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tag", default="", help="suffix of the result name, e.g. the CPU kind (avx2)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -106,6 +107,7 @@ def main() -> None:
     peak = matmul_gflops(device)
     suffix = ("" if device.type == "cpu" else f"_{device.type}") + ("" if args.precision == "fp32" else f"_{args.precision}")
     suffix += "" if args.threads == 1 or device.type != "cpu" else f"_{args.threads}threads"
+    suffix += f"_{args.tag}" if args.tag else ""
     write_result(
         "train_throughput" + suffix,
         {

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -140,6 +141,46 @@ def test_frozen_transformer_trains_the_projection_only_and_is_memoised(processor
     assert all(p.grad is not None for p in text.backbone.encoder.layer[0].parameters())
 
 
+def test_sentence_cache_stores_what_the_encoder_computes_and_spares_the_transformer(processor, tmp_path):
+    from itmatch.features.sentences import cache_file, prime_sentence_cache
+
+    torch.manual_seed(0)
+    encoded = processor.encode(SENTENCES + SENTENCES[:2])  # duplicates are stored once
+    fresh = MiniLMTextEncoder(embed_dim=16)
+    with torch.no_grad():
+        expected = fresh.sentence_embedding(**processor.collate(encoded))  # the in-memory memo's path
+    # An independent expectation too: each sentence alone, unpadded, mean of its token states.
+    with torch.no_grad():
+        alone = torch.stack([
+            torch.nn.functional.normalize(fresh.backbone(input_ids=torch.tensor([e])).last_hidden_state[0].mean(0), dim=0)
+            for e in encoded])  # fmt: skip
+    torch.testing.assert_close(expected, alone, rtol=0, atol=1e-5)
+
+    first = MiniLMTextEncoder(embed_dim=16)
+    first.requires_grad_(False)
+    counts = prime_sentence_cache(first, encoded, tmp_path)
+    assert counts == {"sentences": 4, "cached": 0, "computed": 4}
+    assert cache_file(tmp_path, first).is_file()
+
+    second = MiniLMTextEncoder(embed_dim=16)  # a new run: same weights, so the same cache file
+    second.requires_grad_(False)
+    calls = []
+    second.backbone.register_forward_hook(lambda *a: calls.append(1))
+    assert prime_sentence_cache(second, encoded, tmp_path) == {"sentences": 4, "cached": 4, "computed": 0}
+    with torch.no_grad():
+        got = second.sentence_embedding(**processor.collate(encoded))
+    assert not calls  # every sentence came from the disk cache
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+
+    with torch.no_grad():
+        second.backbone.embeddings.word_embeddings.weight.mul_(1.5)  # other weights: another key
+    assert cache_file(tmp_path, second) != cache_file(tmp_path, first)
+    assert prime_sentence_cache(second, encoded[:1], tmp_path)["computed"] == 1
+    second.backbone.requires_grad_(True)
+    with pytest.raises(ValueError, match="trains"):
+        prime_sentence_cache(second, encoded, tmp_path)
+
+
 def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
     data = write_precomp(tmp_path / "precomp", {"train": 12, "dev": 6})
     recipe = {
@@ -154,7 +195,8 @@ def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(recipe))
     cfg = load_config(path, ["data.format=precomp", f"data.path={data}", "data.val_split=dev",
-                             "training.batch_size=20", "training.log_every=1", "data.vocab_min_count=1"])  # fmt: skip
+                             "training.batch_size=20", "training.log_every=1", "data.vocab_min_count=1",
+                             f"data.feature_cache={tmp_path / 'cache'}"])  # fmt: skip
     import itmatch.training.trainer as trainer_module
 
     snapshots = {}
@@ -192,6 +234,11 @@ def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
         if not torch.equal(v, final["text_encoder.backbone." + k])
     ]
     assert changed  # the transformer moved in the stage that trains it
+    # The frozen stage's sentence embeddings went to the on-disk cache: 5 x (12 + 6) captions.
+    (cached,) = (tmp_path / "cache" / "sentences").glob("minilm-*.npz")
+    with np.load(cached, allow_pickle=False) as z:
+        assert z["vectors"].shape == (len(set(map(tuple, MiniLMTextProcessor().encode(
+            [c for split in ("train", "dev") for c in (data / f"{split}_caps.txt").read_text().splitlines()])))), 384)  # fmt: skip
     # The GRU vocabulary is still written (unused by MiniLM, which brings its own tokenizer).
     assert json.loads((tmp_path / "run" / "vocab.json").read_text())["words"]
     matcher = Matcher.from_run(tmp_path / "run", "last")

@@ -31,7 +31,8 @@ def engine(setup):
 
 @pytest.fixture(scope="module")
 def client(engine):
-    return TestClient(create_app(engine=engine, max_k=50, max_upload_bytes=200_000, max_image_pixels=1_000_000))
+    return TestClient(create_app(engine=engine, max_k=50, max_upload_bytes=200_000, max_image_pixels=1_000_000),
+                      base_url="http://localhost")  # a loopback name: the app answers no other Host
 
 
 def png_bytes(size=(64, 64), colour=(200, 30, 30)) -> bytes:
@@ -209,7 +210,7 @@ def test_a_photo_swapped_for_a_link_outside_is_not_served(setup, engine, tmp_pat
     try:
         path.unlink()
         os.symlink(secret, path)
-        c = TestClient(create_app(engine=engine))
+        c = TestClient(create_app(engine=engine), base_url="http://localhost")
         assert c.get(f"/photos/{victim.path}").status_code == 404
         assert c.get(f"/thumbs/{victim.path}").status_code == 404
     finally:
@@ -250,7 +251,7 @@ def test_model_and_index_load_once_at_start(setup, monkeypatch):
     monkeypatch.setattr(Matcher, "from_run", classmethod(count("matcher", real_matcher)))
     monkeypatch.setattr(PhotoIndex, "open", classmethod(count("index", real_index)))
     monkeypatch.setattr(backbones, "get_backbone", count("backbone", real_backbone))
-    client = TestClient(create_app(setup.index))
+    client = TestClient(create_app(setup.index), base_url="http://localhost")
     assert calls == {"matcher": 1, "index": 1, "backbone": 1}  # the image backbone too, by the warm-up
     some = sorted(setup.photos.glob("*.png"))[0]
     for _ in range(3):

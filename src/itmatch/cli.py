@@ -9,10 +9,15 @@ stays fast and optional extras (FastAPI, FAISS, transformers) are never imported
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
 
 from itmatch.errors import ItmatchError
+
+DESCRIPTION = "itmatch: match photos and sentences - train, evaluate, index a photo folder and search it by sentence."
+DEBUG_ENV = "ITMATCH_DEBUG"  # =1: tracebacks instead of one-line errors (as --debug)
 
 # name -> (module, one-line help). Add a command by adding a module and a line here.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -29,15 +34,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, str | None]:
-    parser = argparse.ArgumentParser(prog="itmatch", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="itmatch", description=DESCRIPTION, epilog="Run 'itmatch COMMAND --help' for the options of a command."
+    )
     parser.add_argument("--version", action="version", version=f"itmatch {_version()}")
+    debug_help = f"show the full traceback of an error (or set {DEBUG_ENV}=1)"
+    parser.add_argument("--debug", action="store_true", help=debug_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    # The command is the first argument (the top level takes no options but -h/--version).
-    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    # The command is the first argument that is not a top-level option (-h, --version, --debug).
+    first = next((a for a in argv or [] if a != "--debug"), None)
+    chosen = first if first in COMMANDS else None
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:
             importlib.import_module(module).add_arguments(p)
+            p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     return parser, chosen
 
 
@@ -48,15 +59,60 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    module = importlib.import_module(COMMANDS[args.command][0])
+    debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    # The one place where errors become one line: the project's own errors (bad input, named)
+    # and the operating system's (a read-only or full disk, a missing file), unless --debug.
     try:
+        module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)
-    except ItmatchError as exc:
-        print(f"itmatch {args.command}: error: {exc}", file=sys.stderr)
+    except (ItmatchError, OSError) as exc:
+        if debug:
+            raise
+        print(f"itmatch {args.command}: error: {describe_error(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"itmatch {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line (or a few, for a list of bad items) for an error a user can act on."""
+    if not isinstance(exc, OSError) or isinstance(exc, ItmatchError):
+        return str(exc)
+    path = exc.filename
+    where = f" {path}" if path else ""
+    if exc.errno == errno.ENOSPC:
+        free = _free_bytes(path)
+        need = getattr(exc, "needed_bytes", None)
+        parts = [f"no space left on the device to write{where}"]
+        if need:
+            parts.append(f"it needed at least {_size(need)}")
+        if free is not None:
+            parts.append(f"{_size(free)} free there")
+        return "; ".join(parts)
+    if exc.errno == errno.EROFS:
+        return f"cannot write{where}: the file system is read-only (choose an output folder on a writable disk)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"permission denied:{where}"
+    reason = exc.strerror or str(exc)
+    return f"{reason}:{where}" if path else reason
+
+
+def _free_bytes(path: str | None) -> int | None:
+    import shutil
+    from pathlib import Path
+
+    p = Path(path) if path else None
+    while p is not None and not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free if p is not None else None
+    except OSError:
+        return None
+
+
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 def _version() -> str:

@@ -267,7 +267,7 @@ def run_demo(
     """
     plan = plan or (QUICK_PLAN if quick else FULL_PLAN)
     say = log or (lambda message: None)
-    out = Path(out_dir)
+    out = Path(out_dir).absolute()  # the runs' configs name it: from any directory, the same folder
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = out / RUNS_DIR
     report_dir = out / REPORT_DIR

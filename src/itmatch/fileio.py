@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import errno
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from itmatch.errors import ItmatchError
 
@@ -12,7 +16,9 @@ from itmatch.errors import ItmatchError
 @contextlib.contextmanager
 def exclusive_lock(lock_file: Path, busy_message: str) -> Iterator[None]:
     """Hold an exclusive, non-blocking lock on ``lock_file`` (POSIX ``flock``; no locking
-    elsewhere). A second holder gets ``ItmatchError(busy_message)`` instead of waiting."""
+    elsewhere). A second holder gets ``ItmatchError(busy_message + " (held by PID N)")`` instead
+    of waiting: the holder writes its PID into the file. The lock dies with its process (kill -9
+    included), so a stale file never blocks anyone."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as fh:
         try:
@@ -23,8 +29,59 @@ def exclusive_lock(lock_file: Path, busy_message: str) -> Iterator[None]:
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
-            raise ItmatchError(busy_message) from None
+            fh.seek(0)
+            holder = fh.read(32).strip()
+            raise ItmatchError(busy_message + (f" (held by PID {holder})" if holder.isdigit() else "")) from None
         try:
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str(os.getpid()))
+            fh.flush()
             yield
         finally:
+            fh.seek(0)
+            fh.truncate()
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def os_error_about(exc: OSError, path: Path | str, written: int = 0) -> OSError:
+    """``exc`` naming the file being written (not a temporary twin, not None); on a full disk it
+    also carries ``needed_bytes``: at least what had been written when the space ran out."""
+    out = OSError(exc.errno, exc.strerror or str(exc), str(path))
+    if exc.errno == errno.ENOSPC and written:
+        out.needed_bytes = written  # type: ignore[attr-defined]
+    return out
+
+
+def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
+    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``.
+
+    A crash at any moment leaves either the old file or the new one, never half of one (a kill
+    can leave the temporary file: ``.NAME.*.tmp``, which the next locked writer removes). An
+    OSError names ``path``, and on a full disk how much had been written.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise os_error_about(exc, path) from exc
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        written = os.path.getsize(tmp) if os.path.exists(tmp) else 0
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        if isinstance(exc, OSError):
+            raise os_error_about(exc, path, written) from exc
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))

@@ -62,7 +62,8 @@ class Matcher:
         from itmatch.data.text import Vocabulary
         from itmatch.device import pick_device
 
-        path = checkpoint_path(run, checkpoint)
+        # Absolute: an index records it, and must find it again from any directory.
+        path = checkpoint_path(run, checkpoint).absolute()
         state = load_checkpoint(path)
         for key in ("model", "config", "vocab", "feature_dim"):
             if key not in state:

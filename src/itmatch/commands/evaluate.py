@@ -37,17 +37,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _load_embeddings(path: str, what: str) -> torch.Tensor:
+    """A 2-D array of finite numbers from a .npy file, or an error saying what is wrong with it."""
     p = Path(path)
     if not p.is_file():
         raise ItmatchError(f"{what} file {p} does not exist")
+    with open(p, "rb") as fh:
+        head = fh.read(6)
+    if head.startswith(b"PK\x03\x04"):
+        raise ItmatchError(f"{what} file {p} is a .npz archive; save the one array with numpy.save (a .npy file)")
+    if head != b"\x93NUMPY":
+        raise ItmatchError(f"{what} file {p} is not a .npy array (no .npy header: text or CSV? save it with numpy.save)")
     try:
-        arr = np.load(p, mmap_mode="r")
-    except Exception as exc:
-        raise ItmatchError(f"{what} file {p} is not a .npy array: {exc}") from exc
+        arr = np.load(p, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ItmatchError(f"{what} file {p} is not a readable .npy array: {exc}") from exc
     if arr.ndim != 2:
-        raise ItmatchError(f"{what} file {p}: expected a 2-D array, got shape {arr.shape}")
-    # a copy: a float32 memmap would pass through ascontiguousarray read-only (torch warns)
-    return torch.from_numpy(np.array(arr, dtype=np.float32))
+        raise ItmatchError(f"{what} file {p}: expected a 2-D array (rows x dims), got shape {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ItmatchError(f"{what} file {p}: the array is empty (shape {arr.shape})")
+    if arr.dtype.kind not in "fiu":
+        raise ItmatchError(f"{what} file {p}: expected numbers, got dtype {arr.dtype}")
+    arr = np.array(arr, dtype=np.float32)  # an owned, writable copy (torch warns on read-only memory)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite)
+        shown = ", ".join(str(r) for r in rows[:5]) + (f" and {len(rows) - 5} more" if len(rows) > 5 else "")
+        raise ItmatchError(f"{what} file {p}: {len(rows)} row(s) hold NaN or infinite values (rows {shown})")
+    return torch.from_numpy(arr)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,14 +90,14 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ItmatchError("nothing to evaluate: give a run folder or --image-emb/--text-emb")
 
-    try:
+    try:  # the library names what is wrong (counts, protocol) in a ValueError
         metrics = evaluate_embeddings(im, tx, protocol=args.protocol)
-    except ValueError as exc:  # a protocol that does not fit the split, or mismatched rows
-        raise ItmatchError(f"{source}: {exc}") from exc
-    if not args.no_invariance:
-        from itmatch.evaluation.invariance import invariance_metrics
+        if not args.no_invariance:
+            from itmatch.evaluation.invariance import invariance_metrics
 
-        metrics.update(invariance_metrics(im, tx))
+            metrics.update(invariance_metrics(im, tx))
+    except ValueError as exc:
+        raise ItmatchError(str(exc)) from None
     if args.save_emb:
         np.save(f"{args.save_emb}_images.npy", im.numpy())
         np.save(f"{args.save_emb}_texts.npy", tx.numpy())

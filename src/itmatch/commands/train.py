@@ -9,30 +9,47 @@ from itmatch.commands._common import add_data_arguments, data_overrides, eprint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", default="vsepp", help="recipe name in configs/ (vsepp, miie, ...) or a YAML path")
+    p.add_argument("--config", help="recipe name in configs/ (vsepp, miie, ...) or a YAML path (default: vsepp; "
+                                     "with --resume: the run's own config.yaml)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to create (or continue with --resume)")
     add_data_arguments(p)
     p.add_argument("--val-split", help="split used for model selection (default: hold out data.val_holdout train images)")
     p.add_argument("--seed", type=int, help="random seed (overrides the recipe's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set training.batch_size=64 --set stages.1.epochs=3")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint; --set/--config may then change only "
+                        "how it runs (training.device, threads, num_workers, eval_batch_size, log_every, "
+                        "checkpoint_every, data.feature_cache) and the epochs of stages not yet finished")
     p.add_argument("--init-from", metavar="RUN", help="start from another run's best checkpoint (weights and vocabulary)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
 
 
 def run(args: argparse.Namespace) -> int:
-    from itmatch.training.config import load_config
+    from itmatch.errors import ItmatchError
+    from itmatch.training.config import apply_overrides, load_config, resolve_config
     from itmatch.training.trainer import train
 
+    overrides = data_overrides(args) + list(args.overrides)
+    if args.val_split:
+        overrides.append(f"data.val_split={args.val_split}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
     cfg = None
     if not args.resume:
-        overrides = data_overrides(args) + list(args.overrides)
-        if args.val_split:
-            overrides.append(f"data.val_split={args.val_split}")
-        if args.seed is not None:
-            overrides.append(f"seed={args.seed}")
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config or "vsepp", overrides)
+    elif args.config is not None:
+        cfg = load_config(args.config, overrides)  # compared with the run's config by the trainer
+    elif overrides:
+        # Every flag is applied to the run's own config, then the trainer refuses what a resume
+        # may not change: nothing is ignored silently.
+        import yaml
+
+        saved_path = Path(args.out) / "config.yaml"
+        if not saved_path.is_file():
+            raise ItmatchError(f"{args.out} holds no run to resume (no {saved_path.name})")
+        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
+        cfg = resolve_config(apply_overrides(saved, overrides), where=str(saved_path))
 
     def log(record: dict) -> None:
         if args.quiet or "val/rsum" not in record:

@@ -51,6 +51,53 @@ def _read_json(path: Path) -> Any:
         raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
+def read_text_lines(path: str | Path) -> list[str]:
+    """Lines of a UTF-8 text file; a missing file or other bytes raise :class:`DataError`."""
+    return _read_lines(Path(path))
+
+
+def read_json_file(path: str | Path) -> Any:
+    """A UTF-8 JSON file; a missing file, bad JSON or other bytes raise :class:`DataError`."""
+    return _read_json(Path(path))
+
+
+def read_csv_table(path: str | Path) -> tuple[list[str], list[tuple[int, list[str]]]]:
+    """The header (the first non-empty row, lower-cased) and the rows, each with the line it
+    starts on, of a UTF-8 CSV file. Strict: a row with another number of fields than the header,
+    a quote left open, or a field running over several lines (a quote opened and closed lines
+    later, which would swallow the rows between) raise :class:`DataError` naming the line."""
+    path = Path(path)
+    _read_lines(path)  # a missing file or non-UTF-8 bytes: the same errors as every reader
+    header: list[str] | None = None
+    rows: list[tuple[int, list[str]]] = []
+    fields = "image,caption"
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.reader(f, strict=True)
+        start = 1
+        try:
+            for row in reader:
+                line_no, start = start, reader.line_num + 1
+                if not row:
+                    continue
+                if reader.line_num != line_no:
+                    raise DataError(
+                        f"{path}, line {line_no}: a quoted field runs over lines {line_no}-{reader.line_num} "
+                        "(a quote left open?); expected one row per line"
+                    )
+                if header is None:
+                    header = [h.strip().lower() for h in row]
+                    fields = ",".join(header)
+                    continue
+                if len(row) != len(header):
+                    raise DataError(
+                        f"{path}, line {line_no}: expected {len(header)} fields '{fields}', got {len(row)}: {row!r:.120}"
+                    )
+                rows.append((line_no, row))
+        except csv.Error as exc:
+            raise DataError(f"{path}, line {start}: bad CSV row ({exc}); expected '{fields}'") from None
+    return header or [], rows
+
+
 def _clean_caption(raw: Any, where: str) -> str:
     if not isinstance(raw, str):
         raise DataError(f"{where}: expected a caption string, got {type(raw).__name__}")
@@ -359,30 +406,13 @@ def _read_flickr_captions(path: Path) -> dict[str, list[str]]:
     first = next((line for line in lines if line.strip()), "")
     captions: dict[str, list[str]] = {}
     if _is_csv_header(first):
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, strict=True)
-            start, header_seen = 1, False
-            try:
-                for row in reader:
-                    line_no, start = start, reader.line_num + 1
-                    if not row:
-                        continue
-                    if not header_seen:  # the first non-empty row is the 'image,caption' header
-                        header_seen = True
-                        continue
-                    where = f"{path}, line {line_no}"
-                    if len(row) != 2:
-                        raise DataError(
-                            f"{where}: expected 2 fields 'image,caption', got {len(row)}: {row!r:.120}"
-                        )
-                    name = row[0].strip()
-                    if not name:
-                        raise DataError(f"{where}: empty image name (expected 'image,caption')")
-                    captions.setdefault(name, []).append(_clean_caption(row[1], f"{where} (image {name!r})"))
-            except csv.Error as exc:
-                raise DataError(
-                    f"{path}, line {start}: bad CSV row ({exc}); expected 'image,caption'"
-                ) from None
+        header, rows = read_csv_table(path)
+        for line_no, row in rows:
+            where = f"{path}, line {line_no}"
+            name = row[0].strip()
+            if not name:
+                raise DataError(f"{where}: empty image name (expected 'image,caption')")
+            captions.setdefault(name, []).append(_clean_caption(row[1], f"{where} (image {name!r})"))
         return captions
 
     indexed: dict[str, dict[int, str]] = {}

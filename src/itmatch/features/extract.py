@@ -19,9 +19,11 @@ Re-running with the same images and backbone loads no model and returns at once.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -371,6 +373,7 @@ def _prepare(
     # Create (or grow) the array in a temporary file, then swap it in.
     tmp = folder / (ARRAY_FILE + ".tmp")
     array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(meta["rows"], dim))
+    _reserve(tmp)
     if store is not None:
         for start in range(0, len(old_ids), 65536):
             stop = min(start + 65536, len(old_ids))
@@ -508,6 +511,30 @@ def _progress(progress: bool | ProgressCallback, total: int) -> Iterator[Progres
             yield update
     else:
         yield lambda done, total: None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate the (sparse) memmap file's blocks now: on a full disk, writing rows into a memory
+    map later would kill the process (SIGBUS) instead of raising an error that names the file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as fh:
+            os.posix_fallocate(fh.fileno(), 0, size)
+    except AttributeError:  # no posix_fallocate (macOS, Windows): a best-effort check instead
+        if shutil.disk_usage(path.parent).free < size:
+            _no_space(path, size)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            _no_space(path, size)
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without fallocate
+            raise
+
+
+def _no_space(path: Path, size: int) -> None:
+    path.unlink(missing_ok=True)
+    err = OSError(errno.ENOSPC, "No space left on device", str(path.with_suffix("")))
+    err.needed_bytes = size  # type: ignore[attr-defined]
+    raise err
 
 
 def _save_done(folder: Path, done: np.ndarray) -> None:

@@ -161,9 +161,24 @@ class MiniLMTextEncoder(nn.Module):
             self.backbone.eval()
         return self._memoized(input_ids, attention_mask)
 
+    def encode_unpadded(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Sentence embeddings of B sentences of one length (B x T ids, no padding)."""
+        return self._encode(input_ids, torch.ones_like(input_ids))
+
+    def _weights_key(self) -> tuple:
+        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.backbone.parameters())
+
+    def prime_memo(self, vectors: dict[bytes, torch.Tensor]) -> None:
+        """Add precomputed sentence embeddings (keyed by the int64 bytes of their word-piece ids) to
+        the memo, for the transformer's current weights (see :mod:`itmatch.features.sentences`)."""
+        key = self._weights_key()
+        if key != self._memo_key:
+            self._memo.clear()
+            self._memo_key = key
+        self._memo.update(vectors)
+
     def _memoized(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        params = list(self.backbone.parameters())
-        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        key = self._weights_key()
         if key != self._memo_key or len(self._memo) > _MEMO_LIMIT:
             self._memo.clear()
             self._memo_key = key
@@ -179,7 +194,7 @@ class MiniLMTextEncoder(nn.Module):
         with torch.no_grad():
             for width, todo in by_length.items():
                 rows = torch.tensor(todo, device=input_ids.device)
-                fresh = self._encode(input_ids[rows, :width], attention_mask[rows, :width]).cpu()
+                fresh = self.encode_unpadded(input_ids[rows, :width]).cpu()
                 for i, vec in zip(todo, fresh):
                     self._memo[keys[i]] = vec
         return torch.stack([self._memo[k] for k in keys]).to(input_ids.device)

@@ -24,7 +24,6 @@ since vectors of two models live in different spaces.
 from __future__ import annotations
 
 import copy
-import csv
 import hashlib
 import json
 import os
@@ -39,7 +38,7 @@ import numpy as np
 import torch
 
 from itmatch.errors import ImageReadError, ItmatchError
-from itmatch.fileio import exclusive_lock
+from itmatch.fileio import exclusive_lock, os_error_about
 from itmatch.retrieval.vectors import APPROXIMATE_METHODS, ExactSearch, FaissSearch, VectorSearch
 
 INDEX_FORMAT = "itmatch-photo-index"
@@ -284,36 +283,31 @@ def read_captions(path: str | Path) -> list[tuple[str, str | None]]:
     an ``image`` column (the Flickr8k ``captions.txt`` is such a CSV). ``.json``: Karpathy split
     JSON (every image's ``sentences[].raw``, photo = ``filepath/filename``).
     """
+    from itmatch.data.readers import read_csv_table, read_json_file, read_text_lines
+
     p = Path(path)
     if not p.is_file():
         raise ItmatchError(f"caption file {p} does not exist")
-    text = p.read_text(encoding="utf-8-sig")
-    first = text.split("\n", 1)[0].strip().lower()
+    lines = read_text_lines(p)  # non-UTF-8 bytes: an error naming the file and the byte
+    first = next((line for line in lines if line.strip()), "").strip().lower()
     if p.suffix.lower() == ".json":
+        data = read_json_file(p)
         try:
-            data = json.loads(text)
             out = []
             for image in data["images"]:
                 photo = "/".join(x for x in (image.get("filepath"), image["filename"]) if x)
                 out.extend((str(s["raw"]).strip(), photo) for s in image["sentences"])
             return out
-        except (ValueError, KeyError, TypeError) as exc:
+        except (KeyError, TypeError) as exc:
             raise ItmatchError(f"{p}: expected Karpathy split JSON (images[].filename, images[].sentences[].raw): {exc}") from exc
     if p.suffix.lower() == ".csv" or first.startswith(("image,caption", "caption")):
-        rows = list(csv.reader(text.splitlines()))
-        header = [h.strip().lower() for h in rows[0]] if rows else []
+        header, rows = read_csv_table(p)
         if "caption" not in header:
-            raise ItmatchError(f"{p}: a CSV caption file needs a header with a 'caption' column, got {rows[:1]}")
+            raise ItmatchError(f"{p}: a CSV caption file needs a header with a 'caption' column, got {header}")
         ci, ii = header.index("caption"), header.index("image") if "image" in header else None
-        out = []
-        for n, row in enumerate(rows[1:], start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise ItmatchError(f"{p}, line {n}: expected {len(header)} fields ({','.join(header)}), got {len(row)}")
-            out.append((row[ci].strip(), row[ii].strip() if ii is not None else None))
+        out = [(row[ci].strip(), row[ii].strip() if ii is not None else None) for _, row in rows]
         return [(t, ph) for t, ph in out if t]
-    return [(line.strip(), None) for line in text.splitlines() if line.strip()]
+    return [(line.strip(), None) for line in lines if line.strip()]
 
 
 # --- writing ------------------------------------------------------------------------------------------
@@ -325,10 +319,13 @@ def _exclusive(folder: Path):
 
 
 def _write_file(path: Path, write: Callable[[Any], None]) -> None:
-    with open(path, "wb") as fh:
-        write(fh)
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(path, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:  # a full or read-only disk: name the file, and how much it needed
+        raise os_error_about(exc, path, path.stat().st_size if path.exists() else 0) from exc
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -442,6 +439,7 @@ def build_index(
     rebuild: bool = False,
     batch_size: int = 32,
     save_every: int = 2048,
+    save_every_seconds: float = 60.0,
     progress: ProgressCallback | None = None,
 ) -> UpdateSummary:
     """Create or update the index of ``images_dir`` in ``index_dir`` with ``matcher`` (an
@@ -451,7 +449,9 @@ def build_index(
     captions an earlier update indexed. ``approximate``: ``"ivf"``/``"hnsw"`` (or a dict with
     ``method`` and :meth:`FaissSearch.build` options) to also build a FAISS index, ``"exact"`` to drop
     it, None to keep what the index had. An existing index built with another model or another
-    folder is refused unless ``rebuild=True``.
+    folder is refused unless ``rebuild=True``. Progress is saved (a generation an interrupted
+    build resumes from) every ``save_every`` embedded photos or ``save_every_seconds``, whichever
+    comes first, so a slow build of a few photos keeps its work too.
     """
     start = time.perf_counter()
     root = Path(images_dir)
@@ -531,6 +531,7 @@ def build_index(
 
         done = 0
         since_save = 0
+        last_save = time.perf_counter()
         if progress:
             progress(0, len(todo_rel))
         for i in range(0, len(todo_rel), batch_size):
@@ -551,9 +552,12 @@ def build_index(
             since_save += len(batch)
             if progress:
                 progress(done, len(todo_rel))
-            if save_every and since_save >= save_every and done < len(todo_rel):
+            due = (save_every and since_save >= save_every) or (
+                save_every_seconds and time.perf_counter() - last_save >= save_every_seconds
+            )
+            if due and since_save and done < len(todo_rel):
                 _write_generation(folder, state, manifest, approx_req, build_approximate=False)  # resumable
-                since_save = 0
+                since_save, last_save = 0, time.perf_counter()
 
         summary.photos = len(state.photos)
         unchanged = (

@@ -5,40 +5,29 @@ They load with ``torch.load(weights_only=True)``: no pickled classes, no argpars
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from itmatch.errors import ItmatchError
+from itmatch.fileio import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported: the trainer's writers)
+
+TEMP_PATTERN = ".*.tmp"  # what atomic_write_bytes leaves behind when killed mid-write
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``.
-
-    A crash at any moment leaves either the old file or the new one, never half of one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; the caller must hold
+    the folder's lock (no live writer then). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(TEMP_PATTERN):
+        if tmp.is_file():
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
 
 
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
@@ -49,10 +38,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise ItmatchError(f"checkpoint {path} does not exist")
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    # torch.save writes a zip archive (or, before PyTorch 1.6, a pickle stream).
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ItmatchError(
+            f"{path} is not a PyTorch checkpoint (expected a file written by itmatch train, such as RUN/checkpoints/best.pt)"
+        )
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt file, wrong format, pickled classes
-        raise ItmatchError(f"checkpoint {path} could not be loaded: {exc}") from exc
+        # PyTorch's message advises weights_only=False, which would run pickled code: not for us.
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only" in str(exc).lower() or "weights_only" in str(exc):
+            reason = "it holds pickled Python objects, which itmatch never loads (only tensors and plain data)"
+        raise ItmatchError(f"checkpoint {path} could not be loaded: {reason}") from exc
 
 
 def capture_rng_state(device: torch.device) -> dict[str, torch.Tensor | None]:

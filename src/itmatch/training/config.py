@@ -16,9 +16,12 @@ from typing import Any
 
 import yaml
 
+from itmatch.data.readers import FORMATS
 from itmatch.errors import ConfigError
 from itmatch.models.joint import MODEL_DEFAULTS
 from itmatch.training.schedule import parse_stages
+from itmatch.training.schema import Choice, Field, FilePath, Float, Int, ListOf, Str, check_section
+from itmatch.training.step import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data (``configs/`` at the repository root links here)
 
@@ -57,6 +60,68 @@ DEFAULTS: dict[str, Any] = {
     },
     "stages": [],
 }
+
+
+# The type and range of every value, checked when a recipe is loaded (so a bad value fails in the
+# first second, not after an epoch). One table for all sections; a new key in DEFAULTS or
+# MODEL_DEFAULTS gets its line here (tests/test_reliability.py checks that none is missing).
+DEVICE_PATTERN = r"auto|cpu|mps|cuda(:\d+)?"
+SCHEMA: dict[str, dict[str, Field]] = {
+    "": {"name": Str(), "seed": Int(min=0)},
+    "data": {
+        "format": Choice((None, *FORMATS)),
+        "path": FilePath(),
+        "image_root": FilePath(),
+        "train_split": Str(),
+        "val_split": Str(nullable=True),
+        "val_holdout": Int(min=1),
+        "holdout_seed": Int(min=0),
+        "max_train_images": Int(min=1, nullable=True),
+        "features": FilePath(nullable=False, keep=("auto", "none")),  # or a features folder
+        "feature_backbone": Str(),
+        "feature_weights": FilePath(),
+        "feature_cache": FilePath(),
+        "vocab_min_count": Int(min=1),
+        "image_size": Int(min=16),
+    },
+    "model": {
+        "embed_dim": Int(min=1),
+        "word_dim": Int(min=1),
+        "text_encoder": Choice(("gru", "minilm")),
+        "gru_layers": Int(min=1),
+        "classifier_hidden": ListOf(Int(min=1), nullable=True, what="a list of positive integers"),
+        "classifier_dropout": Float(min=0, max=1, max_open=True),
+        "backbone": Str(nullable=True),
+        "backbone_weights": FilePath(),
+    },
+    "loss": {"margin": Float(min=0)},
+    "training": {
+        "batch_size": Int(min=2),  # negatives come from the batch
+        "grad_clip": Float(min=0),  # 0: no clipping
+        "log_every": Int(min=1),
+        "checkpoint_every": Int(min=0),
+        "num_workers": Int(min=0),
+        "device": Str(pattern=DEVICE_PATTERN, what="auto, cpu, mps, cuda or cuda:N"),
+        "eval_batch_size": Int(min=1),
+        "precision": Choice(tuple(PRECISIONS)),
+        "accumulate": Int(min=1),
+        "threads": Int(min=1, nullable=True),
+    },
+}
+
+
+def validate_values(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Every value of a merged config checked against :data:`SCHEMA` (type and range), cleaned."""
+    out = check_section(cfg, SCHEMA[""], "")
+    for section, fields in SCHEMA.items():
+        if section and isinstance(out.get(section), dict):
+            out[section] = check_section(out[section], fields, section)
+    t = out["training"]
+    if t["batch_size"] < 2 * t["accumulate"]:  # every micro-batch needs two pairs: negatives come from it
+        raise ConfigError(
+            f"training.accumulate: expected at most training.batch_size / 2 ({t['batch_size'] // 2}), got {t['accumulate']}"
+        )
+    return out
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
@@ -147,12 +212,10 @@ def resolve_config(raw: Mapping[str, Any], where: str = "config") -> dict[str, A
     """Fill defaults, reject unknown keys, validate the stages. Returns a plain dict."""
     if not isinstance(raw, Mapping):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    cfg = _merge(DEFAULTS, raw, where)
+    cfg = validate_values(_merge(DEFAULTS, raw, where))
     if not cfg["stages"]:
-        raise ConfigError(f"{where}: no stages; a recipe needs at least one stage")
-    cfg["stages"] = [s.to_dict() for s in parse_stages(cfg["stages"], where=f"{where}.stages")]
-    if cfg["training"]["batch_size"] < 2:
-        raise ConfigError(f"{where}.training.batch_size must be >= 2 (negatives come from the batch)")
+        raise ConfigError("no stages; a recipe needs at least one stage")
+    cfg["stages"] = [s.to_dict() for s in parse_stages(cfg["stages"], where="stages")]
     return cfg
 
 
@@ -166,9 +229,92 @@ def load_config(
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
-    raw = apply_overrides(_merge(DEFAULTS, raw, str(path)), overrides, skip_missing_stages)
-    return resolve_config(raw, where=str(path))
+    merged = _merge(DEFAULTS, raw, str(path))
+    overrides = list(overrides)
+    try:
+        return resolve_config(apply_overrides(merged, overrides, skip_missing_stages), where=str(path))
+    except ConfigError as exc:
+        # A fault of the file itself is reported with the file's name; one that an override
+        # brought in, with the key alone (the user typed it: --set training.batch_size=abc).
+        if overrides:
+            try:
+                resolve_config(merged, where=str(path))
+            except ConfigError as alone:
+                if str(alone) == str(exc):
+                    raise ConfigError(f"{path}: {exc}") from None
+            raise
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("ITMATCH_CACHE", Path.home() / ".cache" / "itmatch"))
+
+
+# What a resumed run may change: how it runs, not what it computes. Everything else (data, model,
+# loss, batch size, learning rates, precision, the stages already run) would make the resumed run
+# a different run than its checkpoints, so it is refused.
+RESUMABLE_KEYS = frozenset({
+    "training.device", "training.threads", "training.num_workers", "training.eval_batch_size",
+    "training.log_every", "training.checkpoint_every", "data.feature_cache",
+})  # fmt: skip
+
+
+def _flat(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and key != "lr_parts":
+            out.update(_flat(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def resume_config(
+    saved: Mapping[str, Any], requested: Mapping[str, Any], progress: Mapping[str, int], where: str = "run"
+) -> dict[str, Any]:
+    """The config a resumed run continues with: ``saved`` (the run's own) with the changes of
+    ``requested`` that a resume allows: :data:`RESUMABLE_KEYS`, and the ``epochs`` of a stage not
+    yet finished (not below what it has already run). ``progress`` is the checkpoint's
+    (``stage``, ``epoch``, ``step``). Any other difference raises :class:`ConfigError` naming every key.
+    """
+    saved, requested = copy.deepcopy(dict(saved)), copy.deepcopy(dict(requested))
+    stage_now, epochs_done = int(progress.get("stage", 0)), int(progress.get("epoch", 0))
+    mid_epoch = int(progress.get("step", 0)) > 0
+    saved_stages, wanted_stages = saved.get("stages") or [], requested.get("stages") or []
+    refused: list[str] = []
+    if [s.get("name") for s in saved_stages] != [s.get("name") for s in wanted_stages]:
+        refused.append("stages (their number or names)")
+    else:
+        for i, (old, new) in enumerate(zip(saved_stages, wanted_stages)):
+            for key in sorted(set(old) | set(new)):
+                if old.get(key) == new.get(key):
+                    continue
+                finished = i < stage_now
+                least = epochs_done + (1 if mid_epoch else 0) if i == stage_now else 0
+                if key == "epochs" and not finished and isinstance(new.get(key), int) and new[key] >= least:
+                    old[key] = new[key]
+                else:
+                    refused.append(f"stages.{old.get('name', i)}.{key}")
+    # Keys a newer itmatch added take their default in an older run's config.
+    old_flat = {**_flat({k: v for k, v in DEFAULTS.items() if k != "stages"}), **_flat(_without_stages(saved))}
+    new_flat = _flat(_without_stages(requested))
+    for key in sorted(set(old_flat) | set(new_flat)):
+        if old_flat.get(key) == new_flat.get(key):
+            continue
+        if key not in RESUMABLE_KEYS:
+            refused.append(key)
+            continue
+        section, name = key.split(".", 1)
+        saved.setdefault(section, {})[name] = new_flat.get(key)
+    if refused:
+        allowed = ", ".join(sorted(RESUMABLE_KEYS)) + ", and the epochs of stages not yet finished"
+        raise ConfigError(
+            f"{where}: --resume cannot change {', '.join(refused)} (a resumed run must compute what its "
+            f"checkpoints started; a resume may change only {allowed}); start a new run with another --out instead"
+        )
+    return saved
+
+
+def _without_stages(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k != "stages"}

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from itmatch.errors import ConfigError
+from itmatch.training.schema import Bool, Float, Int, Str
 
 PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
 RANK_MODES = (None, "sum", "max_violation")
@@ -98,7 +99,10 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
     for key in ("name", "epochs", "lr", "train"):
         if key not in raw:
             raise ConfigError(f"{where}: missing required key {key!r}")
-    train = tuple(raw["train"] or ())
+    train_raw = raw["train"] or ()
+    if isinstance(train_raw, str) or not isinstance(train_raw, Sequence):
+        raise ConfigError(f"{where}.train: expected a list of parts, got {train_raw!r}")
+    train = tuple(train_raw)
     bad = [p for p in train if p not in PARTS]
     if bad:
         raise ConfigError(f"{where}.train: unknown part(s) {bad}; known: {list(PARTS)}")
@@ -107,13 +111,15 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         raise ConfigError(f"{where}.rank: {rank!r} is not one of {list(RANK_MODES)}")
     adversarial = None
     if raw.get("adversarial"):
+        if not isinstance(raw["adversarial"], Mapping):
+            raise ConfigError(f"{where}.adversarial: expected a mapping or null, got {raw['adversarial']!r}")
         a = dict(raw["adversarial"])
         unknown = set(a) - {"mode", "lambda", "schedule", "objective"}
         if unknown:
             raise ConfigError(f"{where}.adversarial: unknown key(s) {sorted(unknown)}")
         adversarial = Adversarial(
             mode=a.get("mode", "grl"),
-            lambda_=float(a.get("lambda", 0.1)),
+            lambda_=Float(min=0)(a.get("lambda", 0.1), f"{where}.adversarial.lambda"),
             schedule=a.get("schedule", "constant"),
             objective=a.get("objective", "uniform"),
         )
@@ -124,21 +130,24 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         ):
             if value not in allowed:
                 raise ConfigError(f"{where}.adversarial.{key}: {value!r} is not one of {list(allowed)}")
-    lr_parts = {str(k): float(v) for k, v in (raw.get("lr_parts") or {}).items()}
+    lr_parts_raw = raw.get("lr_parts") or {}
+    if not isinstance(lr_parts_raw, Mapping):
+        raise ConfigError(f"{where}.lr_parts: expected a mapping of part -> learning rate, got {lr_parts_raw!r}")
+    lr_parts = {str(k): Float(min=0)(v, f"{where}.lr_parts.{k}") for k, v in lr_parts_raw.items()}
     bad = [p for p in lr_parts if p not in PARTS]
     if bad:
         raise ConfigError(f"{where}.lr_parts: unknown part(s) {bad}; known: {list(PARTS)}")
     stage = Stage(
-        name=str(raw["name"]),
-        epochs=int(raw["epochs"]),
-        lr=float(raw["lr"]),
+        name=Str()(raw["name"], f"{where}.name"),
+        epochs=Int(min=0)(raw["epochs"], f"{where}.epochs"),
+        lr=Float(min=0)(raw["lr"], f"{where}.lr"),
         train=train,
         rank=rank,
-        classifier=bool(raw.get("classifier", False)),
+        classifier=Bool()(raw.get("classifier", False), f"{where}.classifier"),
         adversarial=adversarial,
         lr_parts=lr_parts,
-        lr_decay_epochs=int(raw["lr_decay_epochs"]) if raw.get("lr_decay_epochs") else None,
-        lr_decay_gamma=float(raw.get("lr_decay_gamma", 0.1)),
+        lr_decay_epochs=Int(min=1, nullable=True)(raw.get("lr_decay_epochs") or None, f"{where}.lr_decay_epochs"),
+        lr_decay_gamma=Float(min=0, min_open=True)(raw.get("lr_decay_gamma", 0.1), f"{where}.lr_decay_gamma"),
         select=str(raw.get("select", "rsum")),
     )
     if stage.epochs < 0:

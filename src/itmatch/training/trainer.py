@@ -20,6 +20,7 @@ order stays a function of ``seed`` alone.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable
@@ -32,7 +33,8 @@ import torch
 import yaml
 
 from itmatch.device import pick_device
-from itmatch.errors import ItmatchError
+from itmatch.errors import ConfigError, ItmatchError
+from itmatch.fileio import exclusive_lock
 from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import resolve_model_config
@@ -41,9 +43,11 @@ from itmatch.training.checkpoint import (
     atomic_write_text,
     capture_rng_state,
     load_checkpoint,
+    remove_stale_temp_files,
     restore_rng_state,
     save_checkpoint,
 )
+from itmatch.training.config import resume_config
 from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.distributed import (
     DistInfo,
@@ -158,16 +162,13 @@ def validation_metrics(model: JointModel, im: torch.Tensor, tx: torch.Tensor, se
 
 
 class MetricsLog:
-    """Append-only JSON-lines log; on resume, records past the checkpoint are dropped."""
+    """Append-only JSON-lines log; on resume, records past the checkpoint are dropped (so the log
+    agrees with the checkpoint and has no duplicates) and a torn last line is cut off."""
 
     def __init__(self, path: Path, resume_step: int | None = None):
         self.path = path
         if resume_step is not None and path.exists():
-            kept = [
-                line
-                for line in path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("global_step", 0) <= resume_step
-            ]
+            kept = [line for line, record in read_metrics_lines(path) if record.get("global_step", 0) <= resume_step]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif resume_step is None:
             path.write_text("")
@@ -175,6 +176,32 @@ class MetricsLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_metrics_lines(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(line, record) of every record of a metrics log. Lines that do not parse at the end of the
+    file are a torn tail (a crash or a full disk mid-write) and are left out; one in the middle
+    is damage that resuming cannot repair, and an error names it."""
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    out: list[tuple[str, dict[str, Any]]] = []
+    bad: int | None = None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            bad = n if bad is None else bad
+            continue
+        if bad is not None:
+            raise ItmatchError(f"{path}, line {bad}: not a JSON record, and records follow it (the log is damaged)")
+        out.append((line, record))
+    return out
+
+
+RUN_LOCK = ".lock"
 
 
 def train(
@@ -192,22 +219,46 @@ def train(
     e.g. to run the adversarial stages on a trained baseline. ``log`` receives every metrics
     record (the CLI prints them). Returns the summary (also written to ``summary.json``).
 
+    With ``resume``, ``cfg`` (optional) may change what :func:`resume_config` allows (device,
+    threads, evaluation batch size, cadences, epochs of stages not yet finished); any other
+    difference from the run's own config is refused, naming the keys.
+
     Under ``torchrun`` every rank calls this; rank 0 alone writes the run folder and validates.
+    The run folder is locked for the whole run: a second writer fails at once, naming the holder.
     """
     run_dir = Path(run_dir)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun's other ranks never write the folder
+        return _train_in(cfg, run_dir, resume, init_from, progress, log)
+    with exclusive_lock(run_dir / RUN_LOCK, f"run folder {run_dir} is in use by another itmatch train"):
+        # Under the lock no writer is alive: what a killed atomic write left behind is garbage.
+        remove_stale_temp_files(run_dir)
+        remove_stale_temp_files(run_dir / "checkpoints")
+        return _train_in(cfg, run_dir, resume, init_from, progress, log)
+
+
+def _train_in(
+    cfg: dict[str, Any] | None,
+    run_dir: Path,
+    resume: bool,
+    init_from: str | Path | None,
+    progress: bool,
+    log: Logger | None,
+) -> dict[str, Any]:
     ckpt_dir = run_dir / "checkpoints"
     last_path = ckpt_dir / "last.pt"
     state: dict[str, Any] | None = None
     if resume:
+        if init_from is not None:
+            raise ItmatchError("--init-from does not go with --resume: a resumed run continues from its own last checkpoint")
         state = load_checkpoint(last_path)
         saved_cfg = state["config"]
-        if cfg is not None and _without(cfg, "training") != _without(saved_cfg, "training"):
-            raise ItmatchError(f"{run_dir}: --resume with a config that differs from the run's config.yaml")
-        cfg = saved_cfg
+        cfg = saved_cfg if cfg is None else resume_config(saved_cfg, cfg, state["progress"], str(run_dir))
     elif cfg is None:
         raise ItmatchError("train: a config is required unless resume=True")
     elif last_path.exists():
         raise ItmatchError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --out")
+    if not cfg["data"].get("format") or not cfg["data"].get("path"):
+        raise ConfigError("data.format and data.path are required to train (pass --format and --data)")
     stages = parse_stages(cfg["stages"])
     tcfg = cfg["training"]
     seed = int(cfg["seed"])
@@ -278,7 +329,7 @@ def _train(
             detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
             raise ItmatchError(f"--init-from {init_from}: its model config differs from this recipe's ({detail})")
         model.load_state_dict(source["model"])
-    if main and not resume:
+    if main:  # on resume too: the settings a resume may change are the run's settings from now on
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None) if main else None
 
@@ -310,13 +361,17 @@ def _train(
                 "best": {"rsum": best.rsum, "record": best.record},
                 "rng": rng,  # per rank: {"cpu": [...], "cuda": [...]}
                 "scaler": scaler.state_dict() if scaler is not None else None,
+                "wall_time_s": time_before + (time.time() - start),
             },
         )
 
     start = time.time()
+    # Training time of the earlier sessions of this run (a resumed run's summary counts them all).
+    time_before = _time_before(state, run_dir) if resume else 0.0
     for stage_index in range(progress_state.stage, len(stages)):
         stage = stages[stage_index]
         set_trainable(model, stage)
+        _prime_sentence_cache(model, cfg, data, info, progress)
         optimizers = make_optimizers(model, stage, progress_state.epoch)
         if state is not None and state.get("optimizer_stage") == stage_index:
             for key, opt in optimizers.items():
@@ -388,7 +443,7 @@ def _train(
         "run_dir": str(run_dir),
         "best": best.record,
         "global_steps": progress_state.global_step,
-        "wall_time_s": time.time() - start,
+        "wall_time_s": time_before + (time.time() - start),
         "world_size": info.world_size,
     }
     if main:
@@ -407,6 +462,31 @@ def _grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler |
         raise ItmatchError(f"training.precision: fp16 needs a CUDA device or the CPU (this run uses {device}); use bf16")
     # On the CPU fp16 is slow and only useful to test the scaled path; bf16 needs no scaler.
     return torch.amp.GradScaler(device.type)
+
+
+def _prime_sentence_cache(model: JointModel, cfg: dict[str, Any], data: Any, info: DistInfo, progress: bool) -> None:
+    """A frozen MiniLM's sentence embeddings of every training and validation caption, from the
+    on-disk cache (computed once per machine; see :mod:`itmatch.features.sentences`)."""
+    from itmatch.models.minilm import MiniLMTextEncoder
+
+    encoder = model.text_encoder
+    if not isinstance(encoder, MiniLMTextEncoder) or not encoder.memoize_frozen or not encoder.backbone_frozen():
+        return
+    from itmatch.features.sentences import prime_sentence_cache
+    from itmatch.training.config import default_cache_dir
+
+    cache = Path(cfg["data"].get("feature_cache") or default_cache_dir() / "features")
+    sentences = [*data.pairs.captions, *data.val_captions]
+    bar = _bar(progress, len(set(map(tuple, sentences))), 0, "sentence embeddings")
+    report = (lambda done, total: bar.update(done - bar.n)) if bar is not None else None
+    # Rank 0 computes and writes what is missing; the others then read the complete cache.
+    if info.is_main:
+        prime_sentence_cache(encoder, sentences, cache, progress=report)
+    barrier(info)
+    if not info.is_main:
+        prime_sentence_cache(encoder, sentences, cache)
+    if bar is not None:
+        bar.close()
 
 
 def step_context(
@@ -466,8 +546,13 @@ def _global_rows(batch: dict[str, Any], step: int, pairs: Any) -> int:
     return min(pairs.batch_size, total - step * pairs.batch_size)
 
 
-def _without(cfg: dict[str, Any], key: str) -> dict[str, Any]:
-    return {k: v for k, v in cfg.items() if k != key}
+def _time_before(state: dict[str, Any] | None, run_dir: Path) -> float:
+    if state is not None and "wall_time_s" in state:
+        return float(state["wall_time_s"])
+    try:  # a checkpoint written before wall_time_s was kept: the summary of a finished run has it
+        return float(json.loads((run_dir / "summary.json").read_text())["wall_time_s"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0.0
 
 
 def _checkpoint_path(run_or_checkpoint: str | Path) -> Path:
@@ -485,7 +570,13 @@ def _prepare_vocab(cfg: dict[str, Any], run_dir: Path, train_corpus, resume: boo
         vocab = Vocabulary.from_dict(load_checkpoint(_checkpoint_path(init_from))["vocab"])
     else:
         # Built from the training split only: never from validation or test captions.
-        vocab = Vocabulary.build(train_corpus.flat_captions(), min_count=int(cfg["data"]["vocab_min_count"]))
+        min_count = int(cfg["data"]["vocab_min_count"])
+        vocab = Vocabulary.build(train_corpus.flat_captions(), min_count=min_count)
+        if cfg["model"].get("text_encoder", "gru") == "gru" and len(vocab) <= len(Vocabulary.SPECIALS):
+            raise ConfigError(
+                f"data.vocab_min_count: no word of the training captions appears {min_count} times, so the "
+                "vocabulary would be empty; lower it"
+            )
     if save:
         vocab.save(vocab_path)
     return vocab
