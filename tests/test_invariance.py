@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from itmatch.evaluation.invariance import centroid_distance, invariance_metrics, mmd, probe_accuracy
+from itmatch.evaluation.invariance import (
+    MMD_BANDWIDTH,
+    centroid_distance,
+    invariance_metrics,
+    mmd,
+    probe_accuracy,
+)
 from itmatch.evaluation.plots import plot_training_curves, tsne_coordinates, tsne_grid, tsne_map
 
 
@@ -58,6 +64,41 @@ def test_centroid_distance_and_mmd_separate_same_from_shifted():
     assert mmd(a, a) == 0.0  # every point identical: nothing to measure
 
 
+def slow_mmd(a: np.ndarray, b: np.ndarray, sigma: float) -> float:
+    """Unbiased MMD^2 with an RBF kernel, one pair at a time."""
+
+    def k(x, y):
+        return float(np.exp(-np.sum((np.float64(x) - np.float64(y)) ** 2) / (2 * sigma**2)))
+
+    n, m = len(a), len(b)
+    xx = sum(k(a[i], a[j]) for i in range(n) for j in range(n) if i != j) / (n * (n - 1))
+    yy = sum(k(b[i], b[j]) for i in range(m) for j in range(m) if i != j) / (m * (m - 1))
+    xy = sum(k(a[i], b[j]) for i in range(n) for j in range(m)) / (n * m)
+    return xx + yy - 2 * xy
+
+
+def test_mmd_uses_one_fixed_bandwidth_for_every_call():
+    # Two "models" whose embeddings spread differently: a per-call median bandwidth would score
+    # them on different kernel scales; the default is the same sigma for both, and it is reported.
+    tight_img, tight_txt = clouds(40, 60, d=6, shift=0.5, seed=1)
+    wide_img, wide_txt = clouds(40, 60, d=6, shift=3.0, seed=2)
+    assert MMD_BANDWIDTH == 1.0
+    for img, txt in ((tight_img, tight_txt), (wide_img, wide_txt)):
+        want = slow_mmd(img, txt, sigma=1.0)
+        assert mmd(img, txt) == pytest.approx(want, rel=1e-9, abs=1e-12)
+        metrics = invariance_metrics(img, txt)
+        assert metrics["mmd"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+        assert metrics["mmd_bandwidth"] == 1.0
+    # the median heuristic, still available on request, is a different kernel per call
+    pooled = np.concatenate([wide_img, wide_txt]).astype(np.float64)
+    dists = [np.linalg.norm(pooled[i] - pooled[j]) for i in range(100) for j in range(100) if i != j]
+    squared = np.sort(np.square(dists))
+    sigma_median = float(np.sqrt(squared[(len(squared) - 1) // 2]))  # the lower median, as torch takes
+    assert abs(sigma_median - 1.0) > 0.05  # so the check below tells the two kernels apart
+    assert mmd(wide_img, wide_txt, bandwidth=None) == pytest.approx(slow_mmd(wide_img, wide_txt, sigma_median), rel=1e-9)
+    assert mmd(wide_img, wide_txt, bandwidth=None) != pytest.approx(mmd(wide_img, wide_txt), rel=1e-3)
+
+
 def test_mmd_subsamples_deterministically():
     img, txt = clouds(600, 600, d=8, shift=1.0)
     assert mmd(img, txt, max_samples=200, seed=1) == mmd(img, txt, max_samples=200, seed=1)
@@ -67,7 +108,7 @@ def test_mmd_subsamples_deterministically():
 def test_invariance_metrics_keys_and_bad_inputs():
     img, txt = clouds(100, 500)
     m = invariance_metrics(img, txt, seed=0)
-    assert set(m) == {"probe_acc", "centroid_dist", "mmd"}
+    assert set(m) == {"probe_acc", "centroid_dist", "mmd", "mmd_bandwidth"}
     assert all(isinstance(v, float) for v in m.values())
     with pytest.raises(ValueError, match="differ in dimension"):
         invariance_metrics(img, txt[:, :5])

@@ -214,7 +214,18 @@ def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
         summary = train(cfg, tmp_path / "run")
     finally:
         trainer_module.train_step = real_step
-    assert summary["best"]["val/rsum"] >= 0
+    # The selected checkpoint is the first epoch with the highest validation rsum, and it scores
+    # that rsum again when the dev split is embedded from best.pt by the inference path.
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val_records = [r for r in logged if "val/rsum" in r]
+    assert len(val_records) == 2  # one per epoch
+    top = max(r["val/rsum"] for r in val_records)
+    assert summary["best"] == next(r for r in val_records if r["val/rsum"] == top)
+    from itmatch.data import load_corpus
+    from itmatch.evaluation.recall import evaluate_embeddings
+
+    im, tx = Matcher.from_run(tmp_path / "run", "best").embed_corpus(load_corpus("precomp", str(data), "dev"))
+    assert evaluate_embeddings(im, tx)["rsum"] == pytest.approx(top, abs=1e-9)
     assert all(torch.equal(v, snapshots["transformer"][k]) for k, v in snapshots["projection"].items())
     final = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
     changed = [

@@ -40,22 +40,42 @@ def vsepp_ranks(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def tie_counting_ranks(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Ties against the query, counted one candidate at a time.
+    """Ties with negatives against the query, counted one candidate at a time.
 
-    The rank of positive p is the number of *other* candidates scoring >= score(p); an image's
-    rank is the best (smallest) over its 5 captions."""
+    The rank of positive p is the number of *negatives* (other images' captions / other images)
+    scoring >= score(p); an image's rank is the best (smallest) over its 5 captions."""
     n = sims.shape[0]
     i2t = np.zeros(n, dtype=np.int64)
     for i in range(n):
         best = None
-        for p in range(5 * i, 5 * i + 5):
-            ahead = sum(1 for c in range(5 * n) if c != p and sims[i, c] >= sims[i, p])
+        own = range(5 * i, 5 * i + 5)
+        for p in own:
+            ahead = sum(1 for c in range(5 * n) if c not in own and sims[i, c] >= sims[i, p])
             best = ahead if best is None else min(best, ahead)
         i2t[i] = best
     t2i = np.zeros(5 * n, dtype=np.int64)
     for j in range(5 * n):
         p = j // 5
         t2i[j] = sum(1 for k in range(n) if k != p and sims[k, j] >= sims[p, j])
+    return i2t, t2i
+
+
+def argsort_tie_ranks(sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The argsort version with ties made explicit: sort each query's candidates by score,
+    descending, and among equal scores put the negatives first (ties count against the query);
+    the rank is the position of the first positive in that order."""
+    n = sims.shape[0]
+    i2t = np.zeros(n, dtype=np.int64)
+    for i in range(n):
+        is_pos = np.zeros(5 * n, dtype=np.int64)
+        is_pos[5 * i : 5 * i + 5] = 1
+        order = np.lexsort((is_pos, -sims[i]))  # last key first: score desc, then negatives
+        i2t[i] = int(np.flatnonzero(is_pos[order])[0])
+    t2i = np.zeros(5 * n, dtype=np.int64)
+    for j in range(5 * n):
+        is_pos = (np.arange(n) == j // 5).astype(np.int64)
+        order = np.lexsort((is_pos, -sims[:, j]))
+        t2i[j] = int(np.flatnonzero(is_pos[order])[0])
     return i2t, t2i
 
 
@@ -99,6 +119,47 @@ def test_quantised_scores_count_ties_against_the_query(chunk_size, levels):
     assert_ranks_equal(ranks_from_similarity((sims * levels).astype(np.int64), chunk_size=chunk_size), want)
 
 
+@pytest.mark.parametrize("chunk_size", [3, 7, 1000])
+@pytest.mark.parametrize("levels", [2, 3, 10])
+def test_duplicate_captions_and_coarse_scores_match_the_argsort_reference(chunk_size, levels):
+    rng = np.random.default_rng(100 + levels)
+    n = 17
+    g = torch.Generator().manual_seed(levels)
+    img = torch.nn.functional.normalize(torch.randn(n, 6, generator=g, dtype=torch.float64), dim=1)
+    txt = img.repeat_interleave(5, dim=0) + 0.8 * torch.randn(5 * n, 6, generator=g, dtype=torch.float64)
+    # duplicate captions: in about half of the images, caption 1 (and for some also 3) is caption 0
+    for i in range(n):
+        if rng.random() < 0.5:
+            txt[5 * i + 1] = txt[5 * i]
+            if rng.random() < 0.5:
+                txt[5 * i + 3] = txt[5 * i]
+    txt = torch.nn.functional.normalize(txt, dim=1)
+    sims = (img @ txt.T).numpy()
+    coarse = np.round(sims * levels) / levels  # few distinct values: ties everywhere
+    for scores in (sims, coarse):
+        want = argsort_tie_ranks(scores)
+        assert_ranks_equal(tie_counting_ranks(scores), want)  # the two references agree
+        assert_ranks_equal(ranks_from_similarity(scores, chunk_size=chunk_size), want)
+    # on the embeddings themselves (exact dot products of the duplicates tie bit for bit)
+    assert_ranks_equal(ranks_from_embeddings(img, txt, chunk_size=chunk_size), argsort_tie_ranks(sims))
+    # the duplicates do tie with the best positive somewhere, or the test would not test it
+    dup_rows = [i for i in range(n) if (coarse[i, 5 * i : 5 * i + 5] == coarse[i, 5 * i : 5 * i + 5].max()).sum() > 1]
+    assert len(dup_rows) >= 3
+
+
+def test_own_captions_tying_with_the_best_cost_no_rank():
+    # image 0's captions 0 and 1 are duplicates scoring 0.9; nothing else reaches 0.9 -> rank 0
+    # (an older version counted caption 1 against it: rank 1). Image 1's best (0.7, caption 5)
+    # ties with caption 2, a negative: rank 1.
+    sims = np.zeros((2, 10))
+    sims[0, :5] = [0.9, 0.9, 0.3, 0.1, 0.1]
+    sims[0, 5:] = [0.2, 0.2, 0.2, 0.2, 0.2]
+    sims[1, :5] = [0.0, 0.0, 0.7, 0.0, 0.0]
+    sims[1, 5:] = [0.7, 0.7, 0.7, 0.1, 0.1]
+    i2t, _ = ranks_from_similarity(sims)
+    np.testing.assert_array_equal(i2t, [0, 1])
+
+
 def test_ties_count_against_the_query_by_hand():
     # 2 images; image 0's best caption (col 0) ties with image 1's caption 5: rank 1, not 0.
     sims = np.zeros((2, 10))
@@ -120,7 +181,8 @@ def test_all_equal_scores_give_zero_recall():
     metrics = evaluate_similarity(np.full((n, 5 * n), 0.25, dtype=np.float32))
     assert all(metrics[k] == 0.0 for k in RECALL_KEYS)
     assert metrics["rsum"] == 0.0
-    assert metrics["i2t_medr"] == metrics["i2t_meanr"] == 5 * n
+    # every negative ties with the best positive: rank 5n-5 (its own 4 other captions do not count)
+    assert metrics["i2t_medr"] == metrics["i2t_meanr"] == 5 * n - 4
     assert metrics["t2i_medr"] == metrics["t2i_meanr"] == n
 
 
@@ -132,13 +194,13 @@ def test_collapsed_embeddings_give_zero_recall(d, n, chunk_size):
     v = torch.nn.functional.normalize(torch.randn(d, generator=torch.Generator().manual_seed(d)), dim=0)
     img, txt = v.repeat(n, 1), v.repeat(5 * n, 1)
     i2t, t2i = ranks_from_embeddings(img, txt, chunk_size=chunk_size)
-    assert (i2t == 5 * n - 1).all() and (t2i == n - 1).all()
+    assert (i2t == 5 * n - 5).all() and (t2i == n - 1).all()
     # half collapsed: identical images / identical captions tie in one direction only
     other_img, other_txt = random_embeddings(n, d, seed=1)
     _, t2i = ranks_from_embeddings(img, other_txt, chunk_size=chunk_size)
     assert (t2i == n - 1).all()
     i2t, _ = ranks_from_embeddings(other_img, txt, chunk_size=chunk_size)
-    assert (i2t == 5 * n - 1).all()
+    assert (i2t == 5 * n - 5).all()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -217,11 +279,28 @@ def test_protocol_names_and_aliases():
     img, txt = random_embeddings(20, 8, seed=8)
     everything = evaluate_embeddings(img, txt, protocol="all")
     assert "folds" not in everything and set(everything) == set(METRIC_KEYS)
-    assert evaluate_embeddings(img, txt, protocol="1k") == everything
-    assert evaluate_embeddings(img, txt, protocol="5K") == everything
-    assert evaluate_embeddings(img, txt, protocol=" 5Fold ")["folds"][0]["i2t_r1"] >= 0
+    assert evaluate_embeddings(img, txt) == everything  # "all" is the default
+    folds = evaluate_embeddings(img, txt, protocol=" 5Fold ")
+    first_fold = evaluate_embeddings(img[:4], txt[:20], protocol="all")
+    assert folds["folds"][0] == first_fold  # fold 0 is images 0..3 and their 20 captions
     assert resolve_protocol("5fold1k", 5000) == 5
-    assert resolve_protocol("1k", 1000) == resolve_protocol("5k", 5000) == 1
+    assert resolve_protocol("1k", 1000) == resolve_protocol("5k", 5000) == resolve_protocol("ALL", 7) == 1
+
+
+def test_1k_and_5k_only_on_the_size_they_name():
+    img, txt = random_embeddings(20, 8, seed=8)
+    # a 20-image set scored under "1k" would carry a label that says 1,000 images
+    with pytest.raises(ValueError, match=r"'1k' scores exactly 1,000 test images .* got 20 images: use 'all'.*'5k'.*'5fold1k'"):
+        evaluate_embeddings(img, txt, protocol="1k")
+    with pytest.raises(ValueError, match=r"'5K' scores exactly 5,000 test images .* got 20 images: use 'all'.*'1k'.*'5fold1k'"):
+        evaluate_embeddings(img, txt, protocol="5K")
+    # a 5,000-image COCO test set is not "1k"
+    with pytest.raises(ValueError, match="got 5,000 images"):
+        resolve_protocol("1k", 5000)
+    with pytest.raises(ValueError, match="got 1,000 images"):
+        resolve_protocol("5k", 1000)
+    with pytest.raises(ValueError, match="1,000"):
+        evaluate_similarity(np.zeros((20, 100)), protocol="1k")
 
 
 def test_bad_inputs_give_clear_errors():

@@ -38,6 +38,8 @@ import numpy as np
 import torch
 
 from itmatch.errors import ItmatchError
+from itmatch.evaluation.invariance import MMD_BANDWIDTH
+from itmatch.training.compare import TABLE_COLUMNS as COMPARISON_COLUMNS
 
 if TYPE_CHECKING:
     from itmatch.data import Corpus
@@ -67,13 +69,10 @@ MODELS: tuple[DemoModel, ...] = (
     DemoModel("miie", "modality-invariant (adversarial)", "demo_miie_adv", init_from="vsepp"),
 )
 
-# Table columns: (metric key, title). probe_acc: a fresh linear probe's accuracy at telling the
-# modalities apart (50 = invariant); centroid_dist: distance between the modality means.
-TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("i2t_r1", "i2t R@1"), ("i2t_r5", "i2t R@5"), ("i2t_r10", "i2t R@10"),
-    ("t2i_r1", "t2i R@1"), ("t2i_r5", "t2i R@5"), ("t2i_r10", "t2i R@10"),
-    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"), ("mmd", "MMD"),
-)  # fmt: skip
+# Table columns: (metric key, title), the same as the comparison runner's. probe_acc: a fresh
+# linear probe's accuracy at telling the modalities apart (50 = invariant); centroid_dist:
+# distance between the modality means; MMD with its one fixed kernel bandwidth in the title.
+TABLE_COLUMNS: tuple[tuple[str, str], ...] = tuple(COMPARISON_COLUMNS)
 
 
 @dataclass(frozen=True)
@@ -567,6 +566,7 @@ def _write_results(
     result = {
         "split": EVAL_SPLIT,
         "protocol": PROTOCOL,
+        "mmd_bandwidth": MMD_BANDWIDTH,
         "test_images": n_images,
         "test_captions": 5 * n_images,
         "seed": seed,
@@ -644,7 +644,8 @@ seed-to-seed spread is measured here (`itmatch compare --seeds N` does that).
 - **probe acc %**: accuracy of a fresh logistic-regression probe trained to tell image from text
   embeddings (half of the test embeddings to fit, half to score); 50 = the modalities cannot be
   told apart. **centroid dist**: distance between the mean image and the mean text embedding;
-  **MMD**: maximum mean discrepancy between the two sets (RBF kernel). Lower = more invariant.
+  **MMD**: maximum mean discrepancy between the two sets (RBF kernel, the same fixed bandwidth
+  σ = {MMD_BANDWIDTH:g} for every model). Lower = more invariant.
 
 ## The models
 

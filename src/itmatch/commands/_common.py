@@ -13,7 +13,7 @@ INVARIANCE_KEYS = ("probe_acc", "centroid_dist", "mmd", "classifier_acc")
 def add_data_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
     g = parser.add_argument_group("data set")
     g.add_argument("--format", choices=["precomp", "karpathy", "coco", "flickr8k"], required=required, help="data format")
-    g.add_argument("--data", metavar="PATH", required=required, help="data set file or folder (see DESIGN.md, data formats)")
+    g.add_argument("--data", metavar="PATH", required=required, help="data set file or folder (layouts: docs/data.md)")
     g.add_argument("--image-root", metavar="DIR", help="image folder, when not the format's default")
 
 

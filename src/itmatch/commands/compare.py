@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("--val-split", help="model-selection split (default: hold out data.val_holdout train images)")
     p.add_argument("--split", default="test", help="split the table is computed on (default: test)")
-    p.add_argument("--protocol", default="all", help="recall protocol: all/1k/5k or 5fold1k")
+    p.add_argument("--protocol", default="all", help="recall protocol: all (default), 1k/5k (only on exactly 1,000/5,000 images), 5fold1k")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override applied to every recipe")
     p.add_argument("--quiet", action="store_true")

@@ -27,8 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p)
     p.add_argument("--image-emb", metavar="IMAGES.npy", help="N x d image embeddings saved by any model")
     p.add_argument("--text-emb", metavar="TEXTS.npy", help="5N x d caption embeddings, caption rows in image order")
-    p.add_argument("--protocol", default="1k", choices=["1k", "5fold1k", "5k", "all", "5fold"],
-                   help="1k/5k/all: all images of the split; 5fold1k: mean over 5 folds (MSCOCO 1K)")
+    p.add_argument("--protocol", default="all", choices=["all", "1k", "5k", "5fold", "5fold1k"],
+                   help="all (default): all images of the split at once; 1k/5k: the same, only on exactly "
+                        "1,000/5,000 images; 5fold1k: mean over 5 folds of 1,000 (MSCOCO 1K)")
     p.add_argument("--no-invariance", action="store_true", help="skip the modality-invariance metrics")
     p.add_argument("--save-emb", metavar="PREFIX", help="also save PREFIX_images.npy and PREFIX_texts.npy")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
@@ -108,4 +109,5 @@ def run(args: argparse.Namespace) -> int:
         if not args.no_invariance:
             print()
             print(format_metrics_table({"invariance": metrics}, INVARIANCE_KEYS[:3]))
+            print(f"(mmd: RBF kernel, fixed bandwidth sigma = {metrics['mmd_bandwidth']:g})")
     return 0

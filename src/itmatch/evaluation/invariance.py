@@ -1,4 +1,4 @@
-"""How separable the two modalities are in the joint space (DESIGN.md, "Modality-invariance, measured").
+"""How separable the two modalities are in the joint space (docs/design.md, "Modality-invariance, measured").
 
 Three numbers computed on held-out embeddings (image embeddings N x d, text embeddings M x d,
 torch tensors or numpy arrays; M need not equal N):
@@ -6,7 +6,8 @@ torch tensors or numpy arrays; M need not equal N):
 * :func:`probe_accuracy` - accuracy (%) of a *fresh* linear probe that tells image from text
   embeddings, trained on one half and tested on the other; 50 = indistinguishable.
 * :func:`centroid_distance` - Euclidean distance between the two modality means (the "modality gap").
-* :func:`mmd` - unbiased squared maximum mean discrepancy with an RBF kernel.
+* :func:`mmd` - unbiased squared maximum mean discrepancy with an RBF kernel of a fixed
+  bandwidth (:data:`MMD_BANDWIDTH`), so that every model, epoch and table shares one kernel scale.
 
 All are seeded and deterministic for a given seed. scikit-learn is imported only when the probe runs.
 """
@@ -22,6 +23,11 @@ ArrayLike = torch.Tensor | np.ndarray
 
 DEFAULT_PROBE_SAMPLES = 5000  # per modality; bounds the probe's cost on large test sets
 DEFAULT_MMD_SAMPLES = 1000  # per modality; the kernel matrices are (2n)^2
+# The RBF bandwidth sigma of every reported MMD. Fixed rather than chosen per call (a median
+# heuristic), because a per-call choice puts two models compared in one table on different kernel
+# scales, and their MMDs then do not compare. itmatch embeddings are L2-normalised, so pairwise
+# distances lie in [0, 2]; sigma = 1 sits in the middle of that range.
+MMD_BANDWIDTH = 1.0
 
 
 def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
@@ -102,13 +108,15 @@ def mmd(
     txt: ArrayLike,
     *,
     max_samples: int | None = DEFAULT_MMD_SAMPLES,
-    bandwidth: float | None = None,
+    bandwidth: float | None = MMD_BANDWIDTH,
     seed: int = 0,
 ) -> float:
     """Unbiased MMD^2 between the modalities with the kernel ``exp(-|x - y|^2 / (2 sigma^2))``.
 
-    ``sigma`` (``bandwidth``) defaults to the median heuristic: the median Euclidean distance
-    between distinct points of the pooled (subsampled) sample. Each modality is randomly
+    ``sigma`` (``bandwidth``) defaults to the fixed :data:`MMD_BANDWIDTH`, the same for every call,
+    so MMDs of different models compare. ``bandwidth=None`` uses the median heuristic instead
+    (the median Euclidean distance between distinct points of the pooled, subsampled sample):
+    chosen per call, so not comparable across calls. Each modality is randomly
     subsampled (seeded) to at most ``max_samples`` rows. The unbiased estimate leaves out the
     kernel diagonals, so it is ~0 (and may be slightly negative) for identical distributions.
     """
@@ -138,9 +146,11 @@ def mmd(
 
 
 def invariance_metrics(img: ArrayLike, txt: ArrayLike, seed: int = 0) -> dict[str, float]:
-    """``{"probe_acc": %, "centroid_dist": ..., "mmd": ...}`` for held-out embeddings (see module doc)."""
+    """``{"probe_acc": %, "centroid_dist": ..., "mmd": ..., "mmd_bandwidth": sigma}`` for held-out
+    embeddings (see module doc); ``mmd_bandwidth`` says which kernel the MMD used."""
     return {
         "probe_acc": probe_accuracy(img, txt, seed=seed),
         "centroid_dist": centroid_distance(img, txt),
-        "mmd": mmd(img, txt, seed=seed),
+        "mmd": mmd(img, txt, seed=seed, bandwidth=MMD_BANDWIDTH),
+        "mmd_bandwidth": MMD_BANDWIDTH,
     }

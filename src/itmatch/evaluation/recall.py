@@ -1,33 +1,37 @@
 """Recall@K for image-sentence matching: the standard protocol, exact and vectorised.
 
-The protocol (DESIGN.md, "Evaluation protocol"):
+The protocol (docs/design.md, "Evaluation protocol"):
 
 * N test images, 5 captions each; image ``i`` owns caption rows ``5i .. 5i+4``.
-* Ranks are 0-based, and a candidate scoring **equal** to the positive is ranked ahead of it
-  (ties count against the query). With ``s`` the N x 5N similarity matrix:
+* Ranks are 0-based, and a negative candidate scoring **equal** to the positive is ranked ahead
+  of it (ties with negatives count against the query). With ``s`` the N x 5N similarity matrix:
 
   - image annotation (i2t), query image ``i``: ``best = max(s[i, 5i:5i+5])`` and
-    ``rank_i = #{captions c : s[i, c] >= best} - 1`` (the ``-1`` removes the best positive itself;
-    the other 4 positives count when they tie with it, as any caption would);
+    ``rank_i = #{negative captions c (not 5i..5i+4) : s[i, c] >= best}``: the best rank of its own
+    captions, so only other images' captions can be ahead of it. A tie between two of its own
+    captions (Flickr8k has images with duplicate captions) costs nothing; a tie with a negative
+    costs a rank;
   - image search (t2i), query caption ``j``: ``pos = s[j // 5, j]`` and
     ``rank_j = #{images k : s[k, j] >= pos} - 1``.
 
   On tie-free scores this is exactly VSE++ ``i2t``/``t2i``: there ``rank_i`` is the smallest
   position of image ``i``'s captions in ``argsort(s[i])[::-1]``, i.e. the number of captions
   scoring strictly above the best positive; likewise for t2i. With ties, a collapsed model that
-  gives every input the same vector gets rank N*5-1 (i2t) and N-1 (t2i) everywhere, so R@K = 0.
+  gives every input the same vector gets rank 5N-5 (i2t: every negative) and N-1 (t2i)
+  everywhere, so every R@K is 0 once N > 10.
 * ``R@K = 100 * mean(rank < K)`` for K = 1, 5, 10; ``medr = floor(median(rank)) + 1``;
   ``meanr = mean(rank) + 1``; ``rsum`` = the sum of the six recalls.
-* Protocols: ``"all"`` scores all N images at once (Flickr "1K" on 1,000 test images, MSCOCO
-  "5K" on 5,000); ``"5fold"`` splits the images into 5 equal consecutive folds (with their
-  captions), scores each, and reports the mean of every named value over the folds (MSCOCO "1K"
-  on 5,000 test images). ``rsum`` of a 5-fold summary is the mean of the fold rsums, which equals
+* Protocols: ``"all"`` (the default) scores all N images at once; ``"1k"`` / ``"5k"`` are the
+  same on exactly 1,000 (Flickr "1K") / 5,000 (MSCOCO "5K") test images and refuse any other N,
+  so a label always says what was computed; ``"5fold"`` splits the images into 5 equal
+  consecutive folds (with their captions), scores each, and reports the mean of every named
+  value over the folds; ``"5fold1k"`` is that on exactly 5,000 images (MSCOCO "1K"). ``rsum`` of a 5-fold summary is the mean of the fold rsums, which equals
   the sum of the mean recalls.
 
 How it is computed: similarities are produced block by block (at most ``chunk_size`` images by
 ``5 * chunk_size`` captions at a time; block sizes are balanced, ``ceil(N / blocks)`` images
-each) and ranks are *counted*, never sorted:
-``rank = (scores >= threshold).sum() - 1``. Each similarity is computed exactly once; the blocks
+each) and ranks are *counted*, never sorted: ``rank = (scores >= threshold).sum()`` less the
+positives that reach the threshold. Each similarity is computed exactly once; the blocks
 holding the positives (the "diagonal" blocks) are computed first so that every threshold is known
 before the other blocks are counted. Peak extra memory is two ``chunk_size x 5*chunk_size``
 buffers (the block and the comparison result; 2 x 20 MB for the default 1,000) plus the ranks.
@@ -73,10 +77,13 @@ DEFAULT_CHUNK_SIZE = 1000
 MIN_BLOCK_ROWS = 32  # block products are padded to at least this many image rows (module docstring)
 
 # protocol name -> number of folds. "1k" and "5k" are the names papers use for scoring all test
-# images at once (Flickr: 1,000; MSCOCO: 5,000); they are aliases of "all" and accept any N, so a
-# small dev split can be scored under the same name. "5fold1k" is MSCOCO 1K: 5 folds of 1,000.
+# images at once on exactly 1,000 (Flickr) or 5,000 (MSCOCO 5K) images; a result labelled with
+# them must be what the name says, so they accept only that N ("all" takes any N). "5fold1k" is
+# MSCOCO 1K: 5 folds of 1,000.
 PROTOCOLS: dict[str, int] = {"all": 1, "1k": 1, "5k": 1, "5fold": 5, "5fold1k": 5}
 _FOLD_SIZE = {"5fold1k": 1000}
+_EXACT_IMAGES = {"1k": 1000, "5k": 5000}  # single-fold names that promise a test-set size
+DEFAULT_PROTOCOL = "all"
 
 ArrayLike = torch.Tensor | np.ndarray
 
@@ -143,13 +150,21 @@ def _check_similarity(sims: Any) -> None:
 def resolve_protocol(protocol: str, n_images: int) -> int:
     """Number of folds for a protocol name; raises ValueError for unknown names or a bad N.
 
-    Names: ``"all"`` (aliases ``"1k"``, ``"5k"``) and ``"5fold"`` (alias ``"5fold1k"``, which also
-    requires N = 5,000 so each fold has 1,000 images). Case-insensitive.
+    Names: ``"all"`` (all N images at once, any N), ``"1k"`` / ``"5k"`` (the same computation, but
+    only on exactly 1,000 / 5,000 images, so the label says what was scored), ``"5fold"`` (5 equal
+    folds) and ``"5fold1k"`` (5 folds of 1,000: requires N = 5,000). Case-insensitive.
     """
     key = protocol.strip().lower()
     if key not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}")
     n_folds = PROTOCOLS[key]
+    if key in _EXACT_IMAGES and n_images != _EXACT_IMAGES[key]:
+        raise ValueError(
+            f"protocol {protocol!r} scores exactly {_EXACT_IMAGES[key]:,} test images at once; got "
+            f"{n_images:,} images: use 'all' (any number of images at once), "
+            + ("'5k' (5,000 at once)" if key == "1k" else "'1k' (1,000 at once)")
+            + " or '5fold1k' (MSCOCO 1K: 5 folds of 1,000)"
+        )
     if key in _FOLD_SIZE and n_images != n_folds * _FOLD_SIZE[key]:
         raise ValueError(
             f"protocol {protocol!r} is {n_folds} folds of {_FOLD_SIZE[key]:,} images and needs "
@@ -302,14 +317,21 @@ def _count_ranks(
                     "NaN or infinite values in the inputs"
                 )
             t2i_thr[r] = positives
-            i2t_thr[r] = positives.view(m, cpi).amax(dim=1)
+            best = positives.view(m, cpi).amax(dim=1)
+            i2t_thr[r] = best
             count(r, r, s)
+            # i2t counts negatives only: the image's own captions that reach its best positive
+            # (the best itself, and any duplicate caption tying with it) are not ahead of it.
+            own_hits = (positives.view(m, cpi) >= best[:, None]).sum(dim=1)
+            r_lo, r_hi = row_bounds[r]
+            i2t_count[r_lo:r_hi] -= own_hits.to(torch.int64).cpu().numpy()
         for r in range(n_blocks):
             for q in range(n_blocks):
                 if q != r:
                     count(r, q, block(r, q))
-    # -1: the threshold is itself one of the scores counted (the best positive / the positive).
-    return i2t_count - 1, t2i_count - 1
+    # i2t: the positives were subtracted above. t2i: -1, the threshold is itself one of the
+    # scores counted (the query's own image).
+    return i2t_count, t2i_count - 1
 
 
 def ranks_from_embeddings(
@@ -420,14 +442,14 @@ def _summarise_folds(folds: list[dict[str, float]]) -> dict[str, Any]:
 def evaluate_embeddings(
     image_emb: ArrayLike,
     text_emb: ArrayLike,
-    protocol: str = "all",
+    protocol: str = DEFAULT_PROTOCOL,
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> dict[str, Any]:
     """Recall@1/5/10, medr, meanr (both directions) and rsum of N images and their 5N captions.
 
-    ``protocol``: ``"all"`` (= ``"1k"``, ``"5k"``) or ``"5fold"`` (= ``"5fold1k"``, N = 5,000),
-    see :func:`resolve_protocol`. Returns the :data:`METRIC_KEYS` as floats; a 5-fold result also
+    ``protocol``: ``"all"``, ``"1k"`` (N = 1,000), ``"5k"`` (N = 5,000), ``"5fold"`` or
+    ``"5fold1k"`` (N = 5,000), see :func:`resolve_protocol`. Returns the :data:`METRIC_KEYS` as floats; a 5-fold result also
     has ``"folds"``, the list of per-fold dicts, and its named values are the fold means.
     """
     img = _as_float_tensor(image_emb, "image embeddings")
@@ -453,7 +475,7 @@ def evaluate_embeddings(
 
 
 def evaluate_similarity(
-    sims: ArrayLike, protocol: str = "all", *, chunk_size: int = DEFAULT_CHUNK_SIZE
+    sims: ArrayLike, protocol: str = DEFAULT_PROTOCOL, *, chunk_size: int = DEFAULT_CHUNK_SIZE
 ) -> dict[str, Any]:
     """:func:`evaluate_embeddings` for a precomputed N x 5N similarity matrix (tensor, array, memmap).
 

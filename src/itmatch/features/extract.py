@@ -460,9 +460,10 @@ def _cpu_chunk(image_size: int) -> int:
     """Images per forward pass on CPU: small enough that the largest activation stays < ~24 MB.
 
     glibc serves bigger allocations with a fresh mmap each time, so every forward pass page-faults
-    its activations in again (mostly system time). Measured on 2 cores at 224 px, EfficientNet-Lite0
-    (largest activation 96 x 112 x 112 floats per image) ran ~23 images/s in one pass of 64 and
-    ~90 images/s in passes of 4.
+    its activations in again (mostly system time); at 224 px EfficientNet-Lite0's largest
+    activation is 96 x 112 x 112 floats per image, so a pass of 64 images is far past that limit
+    and several times slower per image than passes of 4 (extraction speeds measured on the
+    development machine: ``benchmarks/results/``).
     """
     per_image = 96 * (image_size // 2 + 1) ** 2 * 4
     return max(1, int(24e6 // per_image))
@@ -471,9 +472,9 @@ def _cpu_chunk(image_size: int) -> int:
 def default_num_threads(num_workers: int) -> int:
     """CPU threads for the forward pass: the cores not taken by decoding workers, at least 1.
 
-    Oversubscribing cores is very costly for torch's OpenMP thread pool: on a 2-core machine
-    shared with other jobs, Flickr8k dev extraction ran at ~5 images/s with 2 threads next to
-    2 workers, and at ~40 images/s with 1 thread. Never more than torch's current setting.
+    Oversubscribing cores is very costly for torch's OpenMP thread pool: on a 2-core machine,
+    2 threads next to 2 decoding workers extracted several times slower than 1 thread (figures
+    for the development machine: ``benchmarks/results/``). Never more than torch's current setting.
     """
     try:
         cores = len(os.sched_getaffinity(0))

@@ -19,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from itmatch.errors import ConfigError
+from itmatch.evaluation.invariance import MMD_BANDWIDTH
 from itmatch.training.checkpoint import atomic_write_text
 
 TABLE_COLUMNS = [
     ("i2t_r1", "i2t R@1"), ("i2t_r5", "i2t R@5"), ("i2t_r10", "i2t R@10"),
     ("t2i_r1", "t2i R@1"), ("t2i_r5", "t2i R@5"), ("t2i_r10", "t2i R@10"),
-    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"), ("mmd", "MMD"),
+    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"),
+    ("mmd", f"MMD (σ={MMD_BANDWIDTH:g})"),  # one fixed kernel for every model: the MMDs compare
 ]  # fmt: skip
 
 
@@ -91,11 +93,20 @@ def run_comparison(
     ``eval_split`` and write ``results.json``, ``table.md`` and ``tsne.png`` there."""
     from itmatch.evaluation.invariance import invariance_metrics
     from itmatch.evaluation.plots import tsne_grid
-    from itmatch.evaluation.recall import evaluate_embeddings
+    from itmatch.evaluation.recall import evaluate_embeddings, resolve_protocol
     from itmatch.inference import Matcher
     from itmatch.training.config import load_config
     from itmatch.training.data import load_split
     from itmatch.training.trainer import train
+
+    # A protocol that does not fit the evaluation split (e.g. "1k" on a 5,000-image test set) is
+    # refused before hours of training, not after the first run.
+    first = parse_spec(order_specs(specs)[0])[0]
+    eval_corpus = load_split(load_config(first, list(overrides), skip_missing_stages=True)["data"], eval_split)
+    try:
+        resolve_protocol(protocol, len(eval_corpus))
+    except ValueError as exc:
+        raise ConfigError(f"{eval_split} split of {eval_corpus.name}: {exc}") from exc
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -133,7 +144,7 @@ def run_comparison(
     table = markdown_table(summary)
     result = {
         "specs": list(specs), "seeds": list(seeds), "eval_split": eval_split, "protocol": protocol,
-        "overrides": list(overrides), "summary": summary, "per_seed": per_seed,
+        "mmd_bandwidth": MMD_BANDWIDTH, "overrides": list(overrides), "summary": summary, "per_seed": per_seed,
     }  # fmt: skip
     atomic_write_text(out_dir / "results.json", json.dumps(result, indent=2, sort_keys=True))
     atomic_write_text(out_dir / "table.md", table + "\n")

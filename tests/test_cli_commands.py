@@ -1,0 +1,151 @@
+"""``itmatch evaluate`` (run and saved embeddings), ``tsne`` and ``compare`` through the real
+command line, in-process, on a tiny learnable precomp data set (60 test images)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from itmatch.cli import main
+
+from conftest import TINY_MODEL, write_precomp
+
+# Every tiny run: one epoch of each of vsepp's two stages, the tiny model, dev for selection.
+TINY_SETS = [*TINY_MODEL, "stages.*.epochs=1", "stages.*.lr=1e-3", "training.log_every=50"]
+
+
+def data_flags(data: Path) -> list[str]:
+    return ["--format", "precomp", "--data", str(data), "--val-split", "dev"]
+
+
+def set_flags(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(run folder, data folder) of one tiny vsepp run, shared by this module's tests."""
+    root = tmp_path_factory.mktemp("cli")
+    data = write_precomp(root / "precomp", {"train": 200, "dev": 60, "test": 60})
+    run = root / "run"
+    argv = ["train", "--config", "vsepp", "--out", str(run), *data_flags(data), "--quiet", *set_flags(TINY_SETS)]
+    assert main(argv) == 0
+    return run, data
+
+
+def slow_recall(im: np.ndarray, tx: np.ndarray) -> dict[str, float]:
+    """R@1/5/10 both ways and rsum by full argsort per query (tie-free float scores)."""
+    sims = im.astype(np.float64) @ tx.astype(np.float64).T
+    n = len(im)
+    i2t = [min(int(np.where(np.argsort(-sims[i]) == c)[0][0]) for c in range(5 * i, 5 * i + 5)) for i in range(n)]
+    t2i = [int(np.where(np.argsort(-sims[:, j]) == j // 5)[0][0]) for j in range(5 * n)]
+    out = {}
+    for k in (1, 5, 10):
+        out[f"i2t_r{k}"] = 100.0 * np.mean(np.array(i2t) < k)
+        out[f"t2i_r{k}"] = 100.0 * np.mean(np.array(t2i) < k)
+    out["rsum"] = sum(out.values())
+    return out
+
+
+@pytest.mark.filterwarnings("error::UserWarning")  # e.g. torch reading a read-only memmap
+def test_evaluate_saves_embeddings_that_score_the_same_when_read_back(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    prefix = tmp_path / "emb" / "tiny"
+    prefix.parent.mkdir()
+    assert main(["evaluate", str(run), "--split", "test", "--save-emb", str(prefix), "--json"]) == 0
+    from_run = json.loads(capsys.readouterr().out)
+    im = np.load(f"{prefix}_images.npy")
+    tx = np.load(f"{prefix}_texts.npy")
+    assert im.shape == (60, 32) and tx.shape == (300, 32) and im.dtype == tx.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(im, axis=1), 1.0, atol=1e-5)  # joint-space vectors
+    # the printed recall is the recall of the saved vectors, by a slow reference written here
+    for key, value in slow_recall(im, tx).items():
+        assert from_run[key] == pytest.approx(value, abs=1e-9), key
+    assert from_run["rsum"] > 200  # the tiny model learned (chance rsum on 60 images: 52.1)
+    assert from_run["mmd_bandwidth"] == 1.0
+
+    # the same vectors read back through --image-emb/--text-emb give the same numbers
+    argv = ["evaluate", "--image-emb", f"{prefix}_images.npy", "--text-emb", f"{prefix}_texts.npy"]
+    assert main([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == from_run
+    # the text report names the protocol and the MMD kernel
+    assert main([*argv, "--protocol", "5fold"]) == 0
+    captured = capsys.readouterr()
+    assert "60 images, 300 captions, protocol 5fold" in captured.err
+    assert "rsum" in captured.out and "fixed bandwidth sigma = 1" in captured.out
+
+
+def test_evaluate_errors_name_the_problem(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    prefix = tmp_path / "e"
+    assert main(["evaluate", str(run), "--split", "test", "--save-emb", str(prefix), "--json", "--no-invariance"]) == 0
+    capsys.readouterr()
+    images, texts = f"{prefix}_images.npy", f"{prefix}_texts.npy"
+
+    def error(argv: list[str]) -> str:
+        assert main(argv) == 1
+        return capsys.readouterr().err
+
+    assert "itmatch evaluate: error: --image-emb and --text-emb go together" in error(["evaluate", "--image-emb", images])
+    assert "not both" in error(["evaluate", str(run), "--image-emb", images, "--text-emb", texts])
+    missing = tmp_path / "missing.npy"
+    assert f"--text-emb file {missing} does not exist" in error(["evaluate", "--image-emb", images, "--text-emb", str(missing)])
+    np.save(tmp_path / "short.npy", np.load(texts)[:299])
+    err = error(["evaluate", "--image-emb", images, "--text-emb", str(tmp_path / "short.npy")])
+    assert "itmatch evaluate: error:" in err and "300 captions, got 299" in err
+    # "1k" promises 1,000 images: 60 are refused with the names that fit
+    err = error(["evaluate", "--image-emb", images, "--text-emb", texts, "--protocol", "1k"])
+    assert "itmatch evaluate: error:" in err and "'1k' scores exactly 1,000 test images" in err
+    assert "got 60 images: use 'all'" in err and "'5fold1k'" in err
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_tsne_writes_a_map(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    out = tmp_path / "maps" / "tsne.png"
+    out.parent.mkdir()
+    assert main(["tsne", str(run), "--split", "test", "-o", str(out), "--max-points", "40", "--device", "cpu"]) == 0
+    assert f"wrote {out}" in capsys.readouterr().err
+    width, height = png_size(out)
+    assert width >= 300 and height >= 300 and out.stat().st_size > 5_000
+    # a split the data set does not have is a named error, not a traceback
+    assert main(["tsne", str(run), "--split", "nosuch", "-o", str(tmp_path / "x.png")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("itmatch tsne: error:") and "nosuch" in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_compare_prints_the_table_it_writes(tiny_run, tmp_path, capsys):
+    _, data = tiny_run
+    out = tmp_path / "cmp"
+    argv = ["compare", "--recipes", "vsepp", "--seeds", "2", "--out", str(out), *data_flags(data),
+            "--quiet", *set_flags(TINY_SETS)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    table = (out / "table.md").read_text()
+    assert printed.strip() == table.strip()
+    results = json.loads((out / "results.json").read_text())
+    assert results["protocol"] == "all" and results["eval_split"] == "test" and results["seeds"] == [0, 1]
+    assert results["mmd_bandwidth"] == 1.0
+    rsums = [r["rsum"] for r in results["per_seed"]["vsepp"]]
+    assert len(rsums) == 2 and rsums[0] != rsums[1]  # two seeds, two runs
+    mean = (rsums[0] + rsums[1]) / 2
+    assert "| vsepp (n=2) | " in table and f"{mean:.1f} ± " in table
+    for seed in (0, 1):
+        assert (out / f"vsepp-seed{seed}" / "checkpoints" / "best.pt").is_file()
+    assert png_size(out / "tsne.png")[0] >= 300
+    # a protocol the split cannot have is refused before anything trains
+    refused = tmp_path / "refused"
+    assert main([*argv[:6], str(refused), *argv[7:], "--protocol", "1k"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("itmatch compare: error: test split") and "'1k' scores exactly 1,000" in err
+    assert not refused.exists()
