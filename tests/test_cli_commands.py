@@ -32,7 +32,16 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("cli")
     data = write_precomp(root / "precomp", {"train": 200, "dev": 60, "test": 60})
     run = root / "run"
-    argv = ["train", "--config", "vsepp", "--out", str(run), *data_flags(data), "--quiet", *set_flags(TINY_SETS)]
+    argv = [
+        "train",
+        "--config",
+        "vsepp",
+        "--out",
+        str(run),
+        *data_flags(data),
+        "--quiet",
+        *set_flags(TINY_SETS),
+    ]
     assert main(argv) == 0
     return run, data
 
@@ -41,7 +50,9 @@ def slow_recall(im: np.ndarray, tx: np.ndarray) -> dict[str, float]:
     """R@1/5/10 both ways and rsum by full argsort per query (tie-free float scores)."""
     sims = im.astype(np.float64) @ tx.astype(np.float64).T
     n = len(im)
-    i2t = [min(int(np.where(np.argsort(-sims[i]) == c)[0][0]) for c in range(5 * i, 5 * i + 5)) for i in range(n)]
+    i2t = [
+        min(int(np.where(np.argsort(-sims[i]) == c)[0][0]) for c in range(5 * i, 5 * i + 5)) for i in range(n)
+    ]
     t2i = [int(np.where(np.argsort(-sims[:, j]) == j // 5)[0][0]) for j in range(5 * n)]
     out = {}
     for k in (1, 5, 10):
@@ -82,7 +93,12 @@ def test_evaluate_saves_embeddings_that_score_the_same_when_read_back(tiny_run, 
 def test_evaluate_errors_name_the_problem(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     prefix = tmp_path / "e"
-    assert main(["evaluate", str(run), "--split", "test", "--save-emb", str(prefix), "--json", "--no-invariance"]) == 0
+    assert (
+        main(
+            ["evaluate", str(run), "--split", "test", "--save-emb", str(prefix), "--json", "--no-invariance"]
+        )
+        == 0
+    )
     capsys.readouterr()
     images, texts = f"{prefix}_images.npy", f"{prefix}_texts.npy"
 
@@ -90,10 +106,14 @@ def test_evaluate_errors_name_the_problem(tiny_run, tmp_path, capsys):
         assert main(argv) == 1
         return capsys.readouterr().err
 
-    assert "itmatch evaluate: error: --image-emb and --text-emb go together" in error(["evaluate", "--image-emb", images])
+    assert "itmatch evaluate: error: --image-emb and --text-emb go together" in error(
+        ["evaluate", "--image-emb", images]
+    )
     assert "not both" in error(["evaluate", str(run), "--image-emb", images, "--text-emb", texts])
     missing = tmp_path / "missing.npy"
-    assert f"--text-emb file {missing} does not exist" in error(["evaluate", "--image-emb", images, "--text-emb", str(missing)])
+    assert f"--text-emb file {missing} does not exist" in error(
+        ["evaluate", "--image-emb", images, "--text-emb", str(missing)]
+    )
     np.save(tmp_path / "short.npy", np.load(texts)[:299])
     err = error(["evaluate", "--image-emb", images, "--text-emb", str(tmp_path / "short.npy")])
     assert "itmatch evaluate: error:" in err and "300 captions, got 299" in err
@@ -113,7 +133,10 @@ def test_tsne_writes_a_map(tiny_run, tmp_path, capsys):
     run, _ = tiny_run
     out = tmp_path / "maps" / "tsne.png"
     out.parent.mkdir()
-    assert main(["tsne", str(run), "--split", "test", "-o", str(out), "--max-points", "40", "--device", "cpu"]) == 0
+    assert (
+        main(["tsne", str(run), "--split", "test", "-o", str(out), "--max-points", "40", "--device", "cpu"])
+        == 0
+    )
     assert f"wrote {out}" in capsys.readouterr().err
     width, height = png_size(out)
     assert width >= 300 and height >= 300 and out.stat().st_size > 5_000
@@ -149,3 +172,25 @@ def test_compare_prints_the_table_it_writes(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("itmatch compare: error: test split") and "'1k' scores exactly 1,000" in err
     assert not refused.exists()
+
+
+def test_evaluate_center_scores_each_modality_minus_its_mean(tiny_run, tmp_path, capsys):
+    run, _ = tiny_run
+    prefix = tmp_path / "tiny"
+    assert main(["evaluate", str(run), "--split", "test", "--save-emb", str(prefix), "--json"]) == 0
+    raw = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(run), "--split", "test", "--center", "--json"]) == 0
+    centred = json.loads(capsys.readouterr().out)
+    im, tx = (
+        np.load(f"{prefix}_images.npy").astype(np.float64),
+        np.load(f"{prefix}_texts.npy").astype(np.float64),
+    )
+    im, tx = im - im.mean(0), tx - tx.mean(0)  # by hand: centre, then renormalise
+    im, tx = im / np.linalg.norm(im, axis=1, keepdims=True), tx / np.linalg.norm(tx, axis=1, keepdims=True)
+    for key, value in slow_recall(im, tx).items():
+        assert centred[key] == pytest.approx(value, abs=1e-9), key
+    from itmatch.evaluation.invariance import centroid_distance
+
+    # renormalising moves the means again, so the gap is smaller, not zero: exactly the by-hand one
+    assert centred["centroid_dist"] == pytest.approx(centroid_distance(im, tx), abs=1e-5)
+    assert centred["centroid_dist"] < raw["centroid_dist"]

@@ -26,14 +26,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", help="split to score (default: test)")
     add_data_arguments(p)
     p.add_argument("--image-emb", metavar="IMAGES.npy", help="N x d image embeddings saved by any model")
-    p.add_argument("--text-emb", metavar="TEXTS.npy", help="5N x d caption embeddings, caption rows in image order")
-    p.add_argument("--protocol", default="all", choices=["all", "1k", "5k", "5fold", "5fold1k"],
-                   help="all (default): all images of the split at once; 1k/5k: the same, only on exactly "
-                        "1,000/5,000 images; 5fold1k: mean over 5 folds of 1,000 (MSCOCO 1K)")
+    p.add_argument(
+        "--text-emb", metavar="TEXTS.npy", help="5N x d caption embeddings, caption rows in image order"
+    )
+    p.add_argument(
+        "--protocol",
+        default="all",
+        choices=["all", "1k", "5k", "5fold", "5fold1k"],
+        help="all (default): all images of the split at once; 1k/5k: the same, only on exactly "
+        "1,000/5,000 images; 5fold1k: mean over 5 folds of 1,000 (MSCOCO 1K)",
+    )
     p.add_argument("--no-invariance", action="store_true", help="skip the modality-invariance metrics")
+    p.add_argument(
+        "--center",
+        action="store_true",
+        help="subtract each modality's mean embedding and renormalise before scoring "
+        "(removes the modality gap; see itmatch.evaluation.centering)",
+    )
     p.add_argument("--save-emb", metavar="PREFIX", help="also save PREFIX_images.npy and PREFIX_texts.npy")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
-    p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...",
+    )
 
 
 def _load_embeddings(path: str, what: str) -> torch.Tensor:
@@ -44,9 +60,13 @@ def _load_embeddings(path: str, what: str) -> torch.Tensor:
     with open(p, "rb") as fh:
         head = fh.read(6)
     if head.startswith(b"PK\x03\x04"):
-        raise ItmatchError(f"{what} file {p} is a .npz archive; save the one array with numpy.save (a .npy file)")
+        raise ItmatchError(
+            f"{what} file {p} is a .npz archive; save the one array with numpy.save (a .npy file)"
+        )
     if head != b"\x93NUMPY":
-        raise ItmatchError(f"{what} file {p} is not a .npy array (no .npy header: text or CSV? save it with numpy.save)")
+        raise ItmatchError(
+            f"{what} file {p} is not a .npy array (no .npy header: text or CSV? save it with numpy.save)"
+        )
     try:
         arr = np.load(p, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
@@ -90,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         raise ItmatchError("nothing to evaluate: give a run folder or --image-emb/--text-emb")
 
+    if args.center:
+        from itmatch.evaluation.centering import center_modalities
+
+        im, tx = center_modalities(im, tx)
+        source += ", each modality centred"
     try:  # the library names what is wrong (counts, protocol) in a ValueError
         metrics = evaluate_embeddings(im, tx, protocol=args.protocol)
         if not args.no_invariance:
