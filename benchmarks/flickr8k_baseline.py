@@ -98,7 +98,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
         "frozen MiniLM, the reference schedule (no warm-up, 20 epochs, lr / 10 after 10)",
     ),
     "long": ("vsepp", HOLDOUT + BF16 + [LONG_STAGES], "1 warm-up + 29 hardest epochs, our protocol"),
+    # Started from the converged frozen-MiniLM baseline of the same seed (its best checkpoint):
+    "minilm_adv": ("miie_adv", HOLDOUT + MINILM, "minilm + the adversarial stages (classifier 2, adversarial 6 epochs)"),
+    "minilm_more": ("vsepp_more", HOLDOUT + MINILM, "minilm + the control: 6 more epochs, ranking loss only"),
 }
+# Variants that start from another variant's best checkpoint of the same seed (--init-from).
+BASE = {"minilm_adv": "minilm", "minilm_more": "minilm"}
 
 
 def load_results() -> dict[str, Any]:
@@ -150,8 +155,12 @@ def run(variant: str, seed: int, data: Path) -> None:
     ]
     cfg = load_config(recipe, overrides)
     run_dir = RUNS / f"{variant}-seed{seed}"
+    base = RUNS / f"{BASE[variant]}-seed{seed}" if variant in BASE else None
+    if base is not None and not (base / "summary.json").exists():
+        raise SystemExit(f"{variant} starts from {base}: run `flickr8k_baseline.py run {BASE[variant]} --seed {seed}` first")
     if not (run_dir / "summary.json").exists():
-        train(cfg, run_dir, progress=True, resume=(run_dir / "checkpoints" / "last.pt").exists())
+        resume = (run_dir / "checkpoints" / "last.pt").exists()
+        train(cfg, run_dir, progress=True, resume=resume, init_from=None if resume else base)
     summary = json.loads((run_dir / "summary.json").read_text())
     curve = curve_of(run_dir)
     torch.set_num_threads(1)
@@ -168,6 +177,7 @@ def run(variant: str, seed: int, data: Path) -> None:
         "recipe": recipe,
         "overrides": overrides,
         "seed": seed,
+        "init_from": str(base) if base is not None else None,
         "selection": "dev (as the reference code)"
         if "data.val_split=dev" in overrides
         else "500 held-out train images",
