@@ -42,6 +42,11 @@ def cpu_model() -> str:
     return _proc_field(_read_proc("/proc/cpuinfo"), "model name") or platform.processor() or "unknown"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``); empty where /proc is absent."""
+    return set((_proc_field(_read_proc("/proc/cpuinfo"), "flags") or "").split())
+
+
 def load_average() -> list[float] | None:
     """1/5/15-minute load averages: above the core count means the machine was shared."""
     try:
@@ -56,10 +61,9 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     mem_kb = _proc_field(_read_proc("/proc/meminfo"), "MemTotal")
-    flags = _proc_field(_read_proc("/proc/cpuinfo"), "flags") or ""
     info: dict[str, Any] = {
         "cpu_model": cpu_model(),
-        "cpu_flags_simd": sorted({f for f in flags.split() if f.startswith(("avx", "fma", "amx"))}),
+        "cpu_flags_simd": sorted(f for f in cpu_flags() if f.startswith(("avx", "fma", "amx"))),
         "logical_cpus": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "memory_gb": round(int(mem_kb.split()[0]) / 2**20, 1) if mem_kb else None,

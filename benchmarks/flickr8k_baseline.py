@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT, RESULTS_DIR, write_result
+from _common import REPO_ROOT, RESULTS_DIR, cpu_flags, write_result
 
 RESULT = "flickr8k_baseline"
 RUNS = Path("/tmp/itmatch-f8k-baseline")
@@ -45,16 +45,12 @@ HOLDOUT = ["data.val_holdout=500"]
 def cpu_has_fast_bf16() -> bool:
     """bf16 autocast pays on CPUs with native bf16 arithmetic (AVX-512 BF16 or AMX): 2.8x fp32
     there (results/train_throughput_bf16_2threads.json); on an AVX2-only CPU it is emulated and
-    ~20x slower than fp32 (results/train_throughput_bf16_avx2.json)."""
-    try:
-        flags = next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    9x slower than fp32 at the same load (results/train_throughput{,_bf16}_avx2.json)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
-BF16 = ["training.precision=bf16"] if cpu_has_fast_bf16() else []
-MINILM = ["model.text_encoder=minilm"]  # recorded in each run's overrides
+BF16 = ["training.precision=bf16"] if cpu_has_fast_bf16() else []  # recorded in each run's overrides
+MINILM = ["model.text_encoder=minilm"]
 
 # The reference code's schedule: max-violation from the first step, 20 epochs, lr / 10 after 10.
 REF_STAGES = ("stages=[{name: hardest, epochs: 20, lr: 2.0e-4, lr_decay_epochs: 10, "
@@ -134,12 +130,20 @@ def plateau_epoch(curve: list[dict[str, Any]]) -> int:
     return next(p["epoch"] for p in curve if p["val_rsum"] >= best - PLATEAU_DELTA)
 
 
+def dev_scores(im, tx) -> dict[str, float]:
+    """Recall (all images of the split at once) and the modality-invariance metrics."""
+    from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.evaluation.recall import evaluate_embeddings
+
+    out = {k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)}
+    out.update(invariance_metrics(im, tx))
+    return out
+
+
 def run(variant: str, seed: int, data: Path) -> None:
     import torch
 
     from itmatch.data import load_corpus
-    from itmatch.evaluation.invariance import invariance_metrics
-    from itmatch.evaluation.recall import evaluate_embeddings
     from itmatch.inference import Matcher
     from itmatch.training.config import load_config
     from itmatch.training.trainer import train
@@ -166,10 +170,7 @@ def run(variant: str, seed: int, data: Path) -> None:
     torch.set_num_threads(1)
     matcher = Matcher.from_run(run_dir, "best")
     im, tx = matcher.embed_corpus(load_corpus("flickr8k", str(data), "dev"))
-    metrics = {
-        k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)
-    }
-    metrics.update(invariance_metrics(im, tx))
+    metrics = dev_scores(im, tx)
     epoch_times = [p["epoch_time_s"] for p in curve if p["epoch_time_s"] is not None]
     entry = {
         "variant": variant,

@@ -14,18 +14,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from _common import REPO_ROOT, write_result
+from flickr8k_baseline import DEFAULT_DATA, dev_scores
 
-DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "flickr8k"
-
-
-def scores(im, tx) -> dict[str, float]:
-    from itmatch.evaluation.invariance import invariance_metrics
-    from itmatch.evaluation.recall import evaluate_embeddings
-
-    out = {k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)}
-    out.update(invariance_metrics(im, tx))
-    return out
+from _common import write_result
 
 
 def main() -> None:
@@ -44,8 +35,8 @@ def main() -> None:
     results = {}
     for run in args.runs:
         im, tx = Matcher.from_run(run, "best").embed_corpus(dev)
-        raw = scores(im, tx)
-        centred = scores(*center_modalities(im, tx))
+        raw = dev_scores(im, tx)
+        centred = dev_scores(*center_modalities(im, tx))
         keys = [k for k in raw if isinstance(raw[k], (int, float)) and k in centred]
         results[run.name] = {"run": str(run), "raw": raw, "centred": centred,
                              "change": {k: centred[k] - raw[k] for k in keys}}  # fmt: skip

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import torch
 
+from itmatch.models.encoders import l2_normalize
+
 
 def center_modalities(image_emb: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Each modality minus its own mean, renormalised to unit length (float32 or the inputs' dtype)."""
-    image_emb, text_emb = torch.as_tensor(image_emb), torch.as_tensor(text_emb)
-    dtype = torch.promote_types(image_emb.dtype, torch.float32)
-    im = image_emb.to(dtype) - image_emb.to(dtype).mean(dim=0, keepdim=True)
-    tx = text_emb.to(dtype) - text_emb.to(dtype).mean(dim=0, keepdim=True)
-    return _unit(im), _unit(tx)
 
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x)
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
+        return l2_normalize(x - x.mean(dim=0, keepdim=True))
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return x / x.norm(dim=1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    return centred(image_emb), centred(text_emb)

@@ -165,23 +165,22 @@ class MiniLMTextEncoder(nn.Module):
         """Sentence embeddings of B sentences of one length (B x T ids, no padding)."""
         return self._encode(input_ids, torch.ones_like(input_ids))
 
-    def _weights_key(self) -> tuple:
-        return tuple((p.data_ptr(), p._version, p.dtype) for p in self.backbone.parameters())
+    def _current_memo(self) -> dict[bytes, torch.Tensor]:
+        """The memo, emptied first if a transformer weight changed since it was filled."""
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in self.backbone.parameters())
+        if key != self._memo_key:
+            self._memo.clear()
+            self._memo_key = key
+        return self._memo
 
     def prime_memo(self, vectors: dict[bytes, torch.Tensor]) -> None:
         """Add precomputed sentence embeddings (keyed by the int64 bytes of their word-piece ids) to
         the memo, for the transformer's current weights (see :mod:`itmatch.features.sentences`)."""
-        key = self._weights_key()
-        if key != self._memo_key:
-            self._memo.clear()
-            self._memo_key = key
-        self._memo.update(vectors)
+        self._current_memo().update(vectors)
 
     def _memoized(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        key = self._weights_key()
-        if key != self._memo_key or len(self._memo) > _MEMO_LIMIT:
+        if len(self._current_memo()) > _MEMO_LIMIT:
             self._memo.clear()
-            self._memo_key = key
         ids_cpu = input_ids.cpu()
         lengths = attention_mask.sum(dim=1).cpu().tolist()
         keys = [ids_cpu[i, : int(n)].numpy().tobytes() for i, n in enumerate(lengths)]

@@ -62,6 +62,14 @@ def train_val_corpora(data_cfg: dict[str, Any]) -> tuple[Corpus, Corpus]:
     return train, val
 
 
+def feature_cache_dir(data_cfg: dict[str, Any]) -> Path:
+    """Where cached features live: ``data.feature_cache``, else ``$ITMATCH_CACHE/features``
+    (image features and a frozen sentence encoder's outputs both go there)."""
+    from itmatch.training.config import default_cache_dir
+
+    return Path(data_cfg.get("feature_cache") or default_cache_dir() / "features")
+
+
 def corpus_features(
     corpus: Corpus,
     data_cfg: dict[str, Any],
@@ -87,9 +95,7 @@ def corpus_features(
     if source == "auto":
         from itmatch.device import pick_device
         from itmatch.features.backbones import require_weights
-        from itmatch.training.config import default_cache_dir
-
-        cache = Path(data_cfg.get("feature_cache") or default_cache_dir() / "features")
+        cache = feature_cache_dir(data_cfg)
         backbone = data_cfg["feature_backbone"]
         store = extract_features(
             corpus.image_root,

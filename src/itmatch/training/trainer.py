@@ -473,19 +473,24 @@ def _prime_sentence_cache(model: JointModel, cfg: dict[str, Any], data: Any, inf
     if not isinstance(encoder, MiniLMTextEncoder) or not encoder.memoize_frozen or not encoder.backbone_frozen():
         return
     from itmatch.features.sentences import prime_sentence_cache
-    from itmatch.training.config import default_cache_dir
+    from itmatch.training.data import feature_cache_dir
 
-    cache = Path(cfg["data"].get("feature_cache") or default_cache_dir() / "features")
+    cache = feature_cache_dir(cfg["data"])
     sentences = [*data.pairs.captions, *data.val_captions]
-    bar = _bar(progress, len(set(map(tuple, sentences))), 0, "sentence embeddings")
-    report = (lambda done, total: bar.update(done - bar.n)) if bar is not None else None
+    bars: list[Any] = []  # opened on the first report: its total is what is not cached yet
+
+    def report(done: int, total: int) -> None:
+        if not bars:
+            bars.append(_bar(True, total, 0, "sentence embeddings"))
+        bars[0].update(done - bars[0].n)
+
     # Rank 0 computes and writes what is missing; the others then read the complete cache.
     if info.is_main:
-        prime_sentence_cache(encoder, sentences, cache, progress=report)
+        prime_sentence_cache(encoder, sentences, cache, progress=report if progress else None)
     barrier(info)
     if not info.is_main:
         prime_sentence_cache(encoder, sentences, cache)
-    if bar is not None:
+    for bar in bars:
         bar.close()
 
 
