@@ -102,8 +102,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 BASE = {"minilm_adv": "minilm", "minilm_more": "minilm"}
 
 
-def load_results() -> dict[str, Any]:
-    path = RESULTS_DIR / f"{RESULT}.json"
+def load_results(result: str = RESULT) -> dict[str, Any]:
+    path = RESULTS_DIR / f"{result}.json"
     return json.loads(path.read_text()) if path.exists() else {}
 
 
@@ -140,7 +140,17 @@ def dev_scores(im, tx) -> dict[str, float]:
     return out
 
 
-def run(variant: str, seed: int, data: Path) -> None:
+def run(
+    variant: str,
+    seed: int,
+    data: Path,
+    variants: dict[str, tuple[str, list[str], str]] = VARIANTS,
+    base_of: dict[str, str] = BASE,
+    result: str = RESULT,
+) -> dict[str, Any]:
+    """Train one variant (resuming an interrupted run), score its best checkpoint on dev and
+    record it in results/RESULT.json. Other Flickr8k benchmarks call this with their own variant
+    table and result name."""
     import torch
 
     from itmatch.data import load_corpus
@@ -148,7 +158,7 @@ def run(variant: str, seed: int, data: Path) -> None:
     from itmatch.training.config import load_config
     from itmatch.training.trainer import train
 
-    recipe, overrides, about = VARIANTS[variant]
+    recipe, overrides, about = variants[variant]
     overrides = [
         "data.format=flickr8k",
         f"data.path={data}",
@@ -159,9 +169,9 @@ def run(variant: str, seed: int, data: Path) -> None:
     ]
     cfg = load_config(recipe, overrides)
     run_dir = RUNS / f"{variant}-seed{seed}"
-    base = RUNS / f"{BASE[variant]}-seed{seed}" if variant in BASE else None
+    base = RUNS / f"{base_of[variant]}-seed{seed}" if variant in base_of else None
     if base is not None and not (base / "summary.json").exists():
-        raise SystemExit(f"{variant} starts from {base}: run `flickr8k_baseline.py run {BASE[variant]} --seed {seed}` first")
+        raise SystemExit(f"{variant} starts from {base}: run the {base_of[variant]} variant with --seed {seed} first")
     if not (run_dir / "summary.json").exists():
         resume = (run_dir / "checkpoints" / "last.pt").exists()
         train(cfg, run_dir, progress=True, resume=resume, init_from=None if resume else base)
@@ -195,18 +205,19 @@ def run(variant: str, seed: int, data: Path) -> None:
         "curve": curve,
         "run_dir": str(run_dir),
     }
-    results = load_results().get("runs", {})
+    results = load_results(result).get("runs", {})
     results[f"{variant}-seed{seed}"] = entry
-    write_result(RESULT, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
+    write_result(result, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
     print(json.dumps({k: entry[k] for k in ("variant", "seed", "plateau_epoch", "epochs", "train_wall_s")}
                      | {"dev_rsum": metrics["rsum"], "probe_acc": metrics["probe_acc"]}))  # fmt: skip
+    return entry
 
 
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc")
 
 
-def table() -> str:
-    runs = load_results().get("runs", {})
+def table(result: str = RESULT) -> str:
+    runs = load_results(result).get("runs", {})
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for entry in runs.values():
         by_variant.setdefault(entry["variant"], []).append(entry)
@@ -229,13 +240,13 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def plot() -> Path:
+def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_results().get("runs", {})
+    runs = load_results(result).get("runs", {})
     fig, ax = plt.subplots(figsize=(8, 5))
     for key, entry in sorted(runs.items()):
         curve = entry["curve"]
@@ -243,31 +254,38 @@ def plot() -> Path:
         ax.axvline(plateau_epoch(curve), color=ax.lines[-1].get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
     ax.set_ylabel("validation rsum")
-    ax.set_title("Flickr8k VSE++ baseline: validation rsum per epoch (faint lines: plateau)")
+    ax.set_title(f"{title}: validation rsum per epoch (faint lines: plateau)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    out = RESULTS_DIR / f"{RESULT}_curves.png"
+    out = RESULTS_DIR / f"{result}_curves.png"
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(
+    doc: str = __doc__,
+    variants: dict[str, tuple[str, list[str], str]] = VARIANTS,
+    base_of: dict[str, str] = BASE,
+    result: str = RESULT,
+    title: str = "Flickr8k VSE++ baseline",
+) -> None:
+    """The `run VARIANT --seed S` / `table` / `plot` command line, shared by the Flickr8k benchmarks."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
     r = sub.add_parser("run")
-    r.add_argument("variant", choices=sorted(VARIANTS))
+    r.add_argument("variant", choices=sorted(variants))
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--data", type=Path, default=DEFAULT_DATA)
     sub.add_parser("table")
     sub.add_parser("plot")
     args = ap.parse_args()
     if args.command == "run":
-        run(args.variant, args.seed, args.data)
+        run(args.variant, args.seed, args.data, variants, base_of, result)
     elif args.command == "table":
-        print(table())
+        print(table(result))
     else:
-        print(plot())
+        print(plot(result, title))
 
 
 if __name__ == "__main__":
