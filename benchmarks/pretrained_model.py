@@ -17,9 +17,9 @@ folder (``Matcher.from_pretrained("itmatch-f8k")``), one thread:
 3. The failure examples of docs/models.md: queries against an index of the 1,000 dev photos;
    each result is shown with the photo's first reference caption, which says what it shows.
 
-Writes benchmarks/results/pretrained_model.json. Image features of the dev photos come from the
-shared feature cache (--cache), keyed by the EfficientNet-Lite0 weights' digest, which the model
-checks is the installed one.
+Writes benchmarks/results/pretrained_model.json and the model's card.json. The dev photos'
+features are computed here from the photos with the installed EfficientNet-Lite0 (whose digest
+the model checks when it loads), not read from a feature cache.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from _common import REPO_ROOT, load_average, peak_rss_mb, write_result
 NAME = "itmatch-f8k"
 PACKAGE_DIR = REPO_ROOT / "src" / "itmatch" / "pretrained" / NAME
 DATA = REPO_ROOT.parent / "shared" / "data" / "flickr8k"
-CACHE = "/tmp/itmatch-bench-cache"
 WORK = Path("/tmp/itmatch-pretrained-bench")
 
 # Queries for the card's "known limits": counting, colour binding, negation, relations, things
@@ -86,31 +85,30 @@ def pick_run(runs: list[Path]) -> tuple[Path, list[dict]]:
     return Path(rows[0]["run"]), rows
 
 
-def dev_scores(matcher: Matcher, data: Path) -> dict[str, float]:
-    im, tx = matcher.embed_corpus(load_corpus("flickr8k", str(data), "dev"))
+def dev_features(matcher: Matcher, data: Path) -> tuple[object, torch.Tensor]:
+    """The dev corpus and its photos' backbone features, computed here from the photos (the
+    model's own preprocessing and the installed EfficientNet-Lite0, as ``embed_images`` does),
+    once for every model scored on them."""
+    from itmatch.features.backbones import get_backbone, require_weights
+
+    corpus = load_corpus("flickr8k", str(data), "dev")
+    data_cfg = matcher.config["data"]
+    name = data_cfg["feature_backbone"]
+    backbone = get_backbone(name, require_weights(name, data_cfg.get("feature_weights"), "data.feature_weights"))
+    transform = matcher.image_transform()
+    paths = [Path(corpus.image_root) / i for i in corpus.image_ids]
+    out = []
+    with torch.no_grad():
+        for k in range(0, len(paths), 32):
+            out.append(backbone(torch.stack([transform(p) for p in paths[k : k + 32]])))
+    return corpus, torch.cat(out)
+
+
+def dev_scores(matcher: Matcher, corpus: object, feats: torch.Tensor) -> dict[str, float]:
+    im, tx = matcher.embed_features(feats), matcher.embed_texts(corpus.flat_captions())
     out = {k: v for k, v in evaluate_embeddings(im, tx, protocol="all").items() if not isinstance(v, list)}
     out.update(invariance_metrics(im, tx))
     return out
-
-
-def with_cache(matcher: Matcher) -> Matcher:
-    """Read the dev photos' Lite0 features from the shared cache's store directly (read-only: no
-    lock, so a training job extracting into the cache meanwhile does not block this), after
-    checking that the store was extracted with the very weights the model expects."""
-    from itmatch.features.backbones import weights_identity
-    from itmatch.features.extract import FeatureStore
-
-    data_cfg = matcher.config["data"]
-    expected = weights_identity(data_cfg["feature_backbone"], data_cfg.get("feature_weights"))
-    size = int(data_cfg.get("image_size", 224))
-    for folder in sorted(Path(CACHE).glob(f"{data_cfg['feature_backbone']}-{size}px-*")):
-        meta = json.loads((folder / "features.json").read_text())
-        key = meta.get("key", {})
-        if key.get("weights") == expected and key.get("preprocessing", {}).get("train") is False and "grid" not in folder.name:
-            FeatureStore.open(folder)  # a usable store
-            data_cfg["features"] = str(folder)
-            return matcher
-    raise SystemExit(f"no cached {data_cfg['feature_backbone']} features with weights {expected} in {CACHE}")
 
 
 def reference_captions(data: Path) -> dict[str, list[str]]:
@@ -151,16 +149,17 @@ def main() -> None:
                        "backbones": manifest["backbones"]}  # fmt: skip
 
     t = time.perf_counter()
-    matcher = with_cache(Matcher.from_pretrained(NAME))
+    matcher = Matcher.from_pretrained(NAME)
     result["load_seconds"] = round(time.perf_counter() - t, 3)
     t = time.perf_counter()
-    dev = dev_scores(matcher, data)
+    corpus, feats = dev_features(matcher, data)
+    dev = dev_scores(matcher, corpus, feats)
     result["dev"] = {"protocol": "all (1,000 dev images, 5,000 captions)", "metrics": dev,
                      "seconds": round(time.perf_counter() - t, 1)}  # fmt: skip
     print(f"dev (shipped {manifest['dtype']} file): rsum {dev['rsum']:.2f}, probe {dev['probe_acc']:.1f}")
     source_ckpt = Path(manifest["source"]["checkpoint"])
     if source_ckpt.is_file():
-        src = dev_scores(with_cache(Matcher.from_run(source_ckpt)), data)
+        src = dev_scores(Matcher.from_run(source_ckpt), corpus, feats)
         result["dev"]["source_checkpoint_float32"] = {"checkpoint": str(source_ckpt), "rsum": src["rsum"],
                                                       "probe_acc": src["probe_acc"]}  # fmt: skip
         print(f"dev (source float32 checkpoint): rsum {src['rsum']:.2f}")

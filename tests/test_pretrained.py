@@ -276,3 +276,20 @@ def test_the_wheel_carries_the_packaged_model_and_loads_it_offline(tmp_path):
     assert got["module"].startswith(str(site)) and got["weights"].startswith(str(site))
     here = Matcher.from_pretrained("itmatch-f8k").embed_texts(SENTENCES)
     assert torch.equal(torch.tensor(got["v"]), here)  # one thread on both sides
+
+
+def test_evaluate_and_tsne_take_an_exported_model(setup, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ITMATCH_CACHE", str(tmp_path / "cache"))  # the model's features go to the user's cache
+    export_model(setup.run, tmp_path / "m")
+    data = ["--format", "karpathy", "--data", str(setup.dataset_json), "--split", "val"]
+    assert main(["evaluate", str(tmp_path / "m"), *data, "--json", "--no-invariance"]) == 0
+    from_model = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(setup.run), *data, "--json", "--no-invariance"]) == 0
+    assert from_model == json.loads(capsys.readouterr().out)  # float32 export: the run's own figures
+    assert main(["tsne", str(tmp_path / "m"), *data, "-o", str(tmp_path / "t.png")]) == 0
+    assert (tmp_path / "t.png").stat().st_size > 0
+
+
+def test_index_takes_either_a_run_or_model(setup, tmp_path, capsys):
+    assert main(["index", str(setup.run), str(setup.photos), "--model", "itmatch-f8k", "-o", str(tmp_path / "i")]) == 1
+    assert "give either RUN or --model, not both" in capsys.readouterr().err
