@@ -233,7 +233,7 @@ def evaluate_run(
     from itmatch.evaluation.invariance import invariance_metrics
     from itmatch.evaluation.recall import evaluate_embeddings
     from itmatch.inference import Matcher
-    from itmatch.training.data import load_split
+    from itmatch.data.splits import load_split
 
     matcher = Matcher.from_run(run_dir, "best")
     corpus = load_split(matcher.config["data"], split)

@@ -85,3 +85,20 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+
+
+TEMP_PATTERN = ".*.tmp"  # what atomic_write_bytes leaves behind when killed mid-write
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; the caller must hold
+    the folder's lock (no live writer then). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(TEMP_PATTERN):
+        if tmp.is_file():
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed

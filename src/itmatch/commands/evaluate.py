@@ -100,8 +100,8 @@ def run(args: argparse.Namespace) -> int:
             raise ItmatchError(f"embedding sizes differ: images {tuple(im.shape)}, texts {tuple(tx.shape)}")
         source = f"{args.image_emb} + {args.text_emb}"
     elif args.run:
+        from itmatch.data.splits import load_split
         from itmatch.inference import Matcher
-        from itmatch.training.data import load_split
 
         matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
         corpus = load_split(data_config_with_args(matcher.config["data"], args), args.split)

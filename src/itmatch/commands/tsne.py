@@ -18,10 +18,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from itmatch.data.splits import load_split
     from itmatch.evaluation.invariance import invariance_metrics
     from itmatch.evaluation.plots import tsne_map
     from itmatch.inference import Matcher
-    from itmatch.training.data import load_split
 
     matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
     im, tx = matcher.embed_corpus(load_split(data_config_with_args(matcher.config["data"], args), args.split), progress=True)

@@ -96,7 +96,7 @@ def run_comparison(
     from itmatch.evaluation.recall import evaluate_embeddings, resolve_protocol
     from itmatch.inference import Matcher
     from itmatch.training.config import load_config
-    from itmatch.training.data import load_split
+    from itmatch.data.splits import load_split
     from itmatch.training.trainer import train
 
     # A protocol that does not fit the evaluation split (e.g. "1k" on a 5,000-image test set) is
