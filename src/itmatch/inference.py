@@ -16,7 +16,7 @@ import torch
 from itmatch.checkpoints import load_checkpoint
 from itmatch.data import Corpus
 from itmatch.errors import ItmatchError
-from itmatch.features.backbones import file_sha256
+from itmatch.fileio import file_sha256
 from itmatch.models import JointModel, build_model
 from itmatch.models.text_processing import TextProcessor, make_text_processor
 
