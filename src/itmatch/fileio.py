@@ -97,8 +97,10 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8; returns ``path``."""
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    return Path(path)
 
 
 TEMP_PATTERN = ".*.tmp"  # what atomic_write_bytes leaves behind when killed mid-write
