@@ -17,11 +17,11 @@ import torch
 
 from itmatch.cli import main
 from itmatch.data.splits import load_split
+from itmatch.evaluation.invariance import probe_accuracy
+from itmatch.evaluation.recall import evaluate_embeddings
 from itmatch.experiments.chance import chance_recall
 from itmatch.experiments.demo import prepare_dataset, prepare_features
 from itmatch.experiments.demo_models import MODELS, QUICK_PLAN
-from itmatch.evaluation.invariance import probe_accuracy
-from itmatch.evaluation.recall import evaluate_embeddings
 from itmatch.inference import Matcher
 
 pytestmark = pytest.mark.slow

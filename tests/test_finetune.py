@@ -308,8 +308,8 @@ def test_optional_backbone_that_is_not_installed_names_the_extra(tmp_path, photo
 
 def test_backbone_weights_file_feeds_the_model_and_its_feature_cache(tmp_path, photos):
     from itmatch.features.backbones import get_backbone
-    from itmatch.fileio import file_sha256
     from itmatch.features.extract import FeatureStore
+    from itmatch.fileio import file_sha256
     from itmatch.models import build_model
 
     # Weights that differ from the built-in ones: the packaged ImageNet weights, head conv halved.
