@@ -15,21 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-ArrayLike = torch.Tensor | np.ndarray
+from itmatch.evaluation.arrays import ArrayLike, as_numpy
 
 IMAGE_COLOUR = "tab:blue"
 TEXT_COLOUR = "tab:orange"
-
-
-def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D array (rows x dims), got shape {x.shape}")
-    return x
 
 
 def _new_figure(width: float, height: float) -> Any:
@@ -56,8 +46,8 @@ def tsne_coordinates(
     At most ``max_points`` points in all: half from each modality when both have enough, the
     rest from the other when one is short. Returns ``(coords (n, 2), is_image (n,) bool)``.
     """
-    a = _as_numpy(img, "image embeddings")
-    b = _as_numpy(txt, "text embeddings")
+    a = as_numpy(img, "image embeddings", min_rows=1).astype(np.float64)
+    b = as_numpy(txt, "text embeddings", min_rows=1).astype(np.float64)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"image and text embeddings differ in dimension: {a.shape} vs {b.shape}")
     if max_points < 4:
