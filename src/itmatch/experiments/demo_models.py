@@ -37,8 +37,8 @@ class DemoPlan:
     n_test: int = 500
     image_size: int = 128
     overrides: tuple[str, ...] = ()
-    tsne_points: int = 600  # per map; t-SNE time grows fast with it (1,000: ~3x the time of 600)
-    n_queries: int = 6  # t2i R@5 is ~40% on this data: six random queries show hits and misses
+    tsne_points: int = 600  # per map; t-SNE time grows faster than linearly with it
+    n_queries: int = 6  # t2i R@5 is far from 100 on this data: six random queries show hits and misses
     min_query_words: int = 7  # queries are random test captions at least this long (specific ones)
 
 
