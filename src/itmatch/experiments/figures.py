@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from itmatch.evaluation.plots import new_figure, save_figure
 from itmatch.fileio import atomic_write_text
 
 if TYPE_CHECKING:
@@ -32,11 +33,7 @@ def comparison_curves(
     ``logs[key]``: records as :func:`itmatch.experiments.demo_report.joined_metrics` returns them. A model that starts from
     another one is drawn from that run's selected epoch on (the checkpoint it started from).
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 6.5), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(11, 6.5)
     axes = [fig.add_subplot(2, 2, k + 1) for k in range(len(CURVE_PANELS))]
     for n, (key, records) in enumerate(logs.items()):
         val = [r for r in records if "val/rsum" in r]
@@ -59,9 +56,7 @@ def comparison_curves(
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
 
 
 def query_examples(
@@ -103,8 +98,6 @@ def query_examples(
 
 
 def _query_figure(corpus: Corpus, caption: str, truth: int, rows: list[tuple[str, list[int], int]], path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     from PIL import Image
 
     def load(i: int) -> np.ndarray:
@@ -112,8 +105,7 @@ def _query_figure(corpus: Corpus, caption: str, truth: int, rows: list[tuple[str
             return np.asarray(img.convert("RGB"))
 
     n_cols = 6  # top 5, then the caption's own image
-    fig = Figure(figsize=(1.9 * n_cols + 1.6, 2.3 * len(rows) + 0.7), dpi=100)
-    FigureCanvasAgg(fig)
+    fig = new_figure(1.9 * n_cols + 1.6, 2.3 * len(rows) + 0.7)
     fig.suptitle(f"\u201c{caption}\u201d", fontsize=11)
     for r, (label, top, rank) in enumerate(rows):
         cells = [(i, f"#{k + 1}") for k, i in enumerate(top)] + [(truth, f"its image: rank {rank + 1}")]
@@ -133,6 +125,4 @@ def _query_figure(corpus: Corpus, caption: str, truth: int, rows: list[tuple[str
             if c == 5:
                 ax.set_facecolor("white")
     fig.tight_layout(rect=(0, 0, 1, 0.95), h_pad=1.2)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return save_figure(fig, path)
