@@ -16,7 +16,7 @@ import argparse
 import shutil
 import time
 
-from itmatch.training.compare import run_comparison
+from itmatch.experiments.compare import run_comparison
 
 from _common import RESULTS_DIR, write_result
 from flickr8k_setup import OVERRIDES, RUNS
