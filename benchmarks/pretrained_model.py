@@ -79,6 +79,8 @@ def pick_run(runs: list[Path]) -> tuple[Path, list[dict]]:
     """The run with the best validation rsum in its summary.json (its own model-selection set)."""
     rows = []
     for run in runs:
+        if not (run / "summary.json").is_file():
+            continue  # unfinished (or still training): it has no selected checkpoint yet
         summary = json.loads((run / "summary.json").read_text())
         rows.append({"run": str(run), "val_rsum": summary["best"]["val/rsum"], "stage": summary["best"].get("stage"),
                      "epoch_in_stage": summary["best"].get("epoch")})  # fmt: skip

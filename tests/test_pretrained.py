@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from itmatch.cli import main
-from itmatch.features.backbones import file_sha256
+from itmatch.fileio import file_sha256
 from itmatch.inference import Matcher
 from itmatch.pretrained import (
     MANIFEST,

@@ -135,7 +135,8 @@ def export_model(
     one). Returns the manifest.
     """
     from itmatch import __version__
-    from itmatch.features.backbones import file_sha256
+    from itmatch.checkpoints import load_checkpoint
+    from itmatch.fileio import file_sha256
     from itmatch.inference import Matcher, checkpoint_path
 
     if dtype not in DTYPES:
@@ -147,7 +148,7 @@ def export_model(
         raise ItmatchError(f"{out} exists and is not an itmatch model folder (no {MANIFEST}); it is left alone")
     ckpt = checkpoint_path(run, checkpoint).absolute()
     matcher = Matcher.from_run(ckpt, device="cpu")
-    meta = torch.load(ckpt, map_location="cpu", weights_only=True)  # progress/best records only
+    meta = load_checkpoint(ckpt)  # progress/best records only
     cfg = copy.deepcopy(matcher.config)
     state = {k: v.detach().cpu() for k, v in matcher.model.state_dict().items()}
     if not keep_classifier:
@@ -275,7 +276,7 @@ def read_card(folder: str | Path) -> dict[str, Any]:
 def check_backbones(manifest: dict[str, Any], folder: str | Path) -> None:
     """Raise :class:`BackboneMismatchError` unless every backbone weights file installed here is
     the one the model was trained on (same SHA-256)."""
-    from itmatch.features.backbones import file_sha256
+    from itmatch.fileio import file_sha256
 
     installed = {bb.role: bb for bb in _backbones(manifest["config"])}
     for entry in manifest["backbones"]:
@@ -296,7 +297,7 @@ def load_model(ref: str | Path, device: str | torch.device = "auto") -> Matcher:
     """A :class:`~itmatch.inference.Matcher` for an exported model folder or an installed model name."""
     from itmatch.data.text import Vocabulary
     from itmatch.device import pick_device
-    from itmatch.features.backbones import file_sha256
+    from itmatch.fileio import file_sha256
     from itmatch.inference import Matcher
     from itmatch.models import build_model
     from itmatch.models.text_processing import make_text_processor
