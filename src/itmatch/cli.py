@@ -30,6 +30,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "index": ("itmatch.commands.index", "embed a photo folder with a trained run into a search index"),
     "search": ("itmatch.commands.search", "query an index by sentence or by photo"),
     "serve": ("itmatch.commands.serve", "HTTP API and web page over an index"),
+    "export": ("itmatch.commands.export", "write a trained run as a self-contained model folder to ship"),
+    "models": ("itmatch.commands.models", "list the trained models installed with itmatch"),
 }
 
 

@@ -58,9 +58,17 @@ class Matcher:
     @classmethod
     def from_run(cls, run: str | Path, checkpoint: str = "best", device: str | torch.device = "auto") -> Matcher:
         """``device``: where the model (and any feature extraction for it) runs; ``auto``: cuda,
-        then mps, then cpu (see :func:`itmatch.device.pick_device`)."""
+        then mps, then cpu (see :func:`itmatch.device.pick_device`). ``run`` may also be an
+        exported model folder or an installed model's name (see :meth:`from_pretrained`)."""
         from itmatch.data.text import Vocabulary
         from itmatch.device import pick_device
+        from itmatch.pretrained import installed_models, model_dir
+
+        if model_dir(run) is not None:
+            return cls.from_pretrained(run, device=device)
+        if not Path(run).exists():
+            raise ItmatchError(f"run {run} does not exist (expected a run folder, a checkpoint file, an exported "
+                               f"model folder or an installed model: {', '.join(installed_models()) or 'none'})")  # fmt: skip
 
         # Absolute: an index records it, and must find it again from any directory.
         path = checkpoint_path(run, checkpoint).absolute()
@@ -74,6 +82,15 @@ class Matcher:
         model.load_state_dict(state["model"])
         dev = pick_device(device)
         return cls(model.to(dev), make_text_processor(cfg["model"], vocab), cfg, path, dev, file_sha256(path))
+
+    @classmethod
+    def from_pretrained(cls, model: str | Path, device: str | torch.device = "auto") -> Matcher:
+        """An installed model by name (``itmatch models`` lists them, e.g. ``itmatch-f8k``) or a
+        folder written by ``itmatch export``; its backbones' weights must be the ones it was
+        trained on (:class:`itmatch.pretrained.BackboneMismatchError` otherwise)."""
+        from itmatch.pretrained import load_model
+
+        return load_model(model, device=device)
 
     @property
     def identity(self) -> dict[str, str]:

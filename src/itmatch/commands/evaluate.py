@@ -21,7 +21,7 @@ from itmatch.evaluation.recall import METRIC_KEYS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", help="run folder (or checkpoint file) to evaluate")
+    p.add_argument("run", nargs="?", help="run folder, checkpoint file, exported model folder or model name (itmatch models) to evaluate")
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run's checkpoints/")
     p.add_argument("--split", default="test", help="split to score (default: test)")
     add_data_arguments(p)

@@ -9,8 +9,12 @@ from itmatch.commands._common import eprint
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder (or checkpoint file) whose model embeds the photos")
-    p.add_argument("images", metavar="IMAGES_DIR", help="photo folder, searched recursively (jpg, png, webp, ...)")
+    p.add_argument("run", metavar="RUN", help="run folder, checkpoint file, exported model folder or model name "
+                   "(itmatch models) whose model embeds the photos; leave it out with --model")
+    p.add_argument("images", metavar="IMAGES_DIR", nargs="?",
+                   help="photo folder, searched recursively (jpg, png, webp, ...)")
+    p.add_argument("--model", metavar="NAME",
+                   help="an installed model (itmatch models, e.g. itmatch-f8k) or an exported model folder, instead of RUN")
     p.add_argument("-o", "--out", required=True, metavar="INDEX", help="index folder to create or update")
     p.add_argument("--captions", metavar="FILE",
                    help="sentences to index too: .txt (one a line), .csv with image,caption header, or Karpathy .json")
@@ -37,6 +41,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads is not None and args.threads < 1:
         raise ItmatchError(f"--threads must be >= 1, got {args.threads}")
+    if args.model is not None:  # itmatch index --model NAME IMAGES_DIR: the one positional is the folder
+        if args.images is not None:
+            raise ItmatchError("give either RUN or --model, not both")
+        args.run, args.images = args.model, args.run
+    if args.images is None:
+        raise ItmatchError("the photo folder IMAGES_DIR is missing")
     if args.batch_size < 1:
         raise ItmatchError(f"--batch-size must be >= 1, got {args.batch_size}")
     previous_threads = torch.get_num_threads()

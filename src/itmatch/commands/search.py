@@ -16,7 +16,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="find similar photos (and the sentences that describe it, when captions are indexed)")
     what.add_argument("--similar", metavar="PHOTO", help="photos similar to an indexed photo (relative path or id)")
     p.add_argument("-k", type=int, default=10, help="results to show (default 10)")
-    p.add_argument("--run", help="run to query with (default: the one recorded in the index; it must be the same model)")
+    p.add_argument("--run", "--model", dest="run",
+                   help="run, exported model folder or model name to query with (default: the one recorded in the index; it must be the same model)")
     p.add_argument("--checkpoint", default="best", help="with --run: best | last | a file name")
     p.add_argument("--exact", action="store_true", help="brute-force search even if the index has a FAISS index")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")

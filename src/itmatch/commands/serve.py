@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("index", metavar="INDEX", help="index folder made by itmatch index")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--run", help="run to query with (default: the one recorded in the index; it must be the same model)")
+    p.add_argument("--run", "--model", dest="run",
+                   help="run, exported model folder or model name to query with (default: the one recorded in the index; it must be the same model)")
     p.add_argument("--checkpoint", default="best", help="with --run: best | last | a file name")
     p.add_argument("--exact", action="store_true", help="brute-force search even if the index has a FAISS index")
     p.add_argument("--device", default="auto", help="torch device: auto (cuda, then mps, then cpu), cpu, cuda, cuda:1 ...")

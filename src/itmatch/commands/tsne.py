@@ -8,7 +8,7 @@ from itmatch.commands._common import add_data_arguments, data_config_with_args, 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run folder or checkpoint file")
+    p.add_argument("run", help="run folder, checkpoint file, exported model folder or model name (itmatch models)")
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run's checkpoints/")
     p.add_argument("--split", default="test")
     add_data_arguments(p)
