@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from itmatch.data import load_corpus
+from itmatch.features.corpus import corpus_features
 from itmatch.inference import Matcher
 from itmatch.training.config import load_config
-from itmatch.training.data import corpus_features
 from itmatch.training.trainer import train
 
 from _common import write_result

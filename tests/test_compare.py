@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from itmatch.errors import ConfigError
-from itmatch.training.compare import markdown_table, order_specs, parse_spec, run_comparison
+from itmatch.experiments.compare import order_specs, parse_spec, run_comparison, summary_table
+from itmatch.experiments.demo_report import demo_table
+from itmatch.experiments.tables import TABLE_COLUMNS, markdown_table
 
 from conftest import tiny_overrides
 
@@ -25,9 +27,26 @@ def test_spec_parsing_and_order():
         parse_spec("x@")
 
 
-def test_markdown_table_formats_mean_and_std():
-    table = markdown_table({"a": {"rsum": {"mean": 300.04, "std": 2.5, "n": 3}}}, columns=[("rsum", "rsum")])
-    assert table.splitlines()[2] == "| a (n=3) | 300.0 ± 2.5 |"
+def test_markdown_table_formats_numbers_and_mean_and_std():
+    columns = [("rsum", "rsum"), ("mmd", "MMD"), ("probe_acc", "probe")]
+    table = markdown_table({"a": {"rsum": {"mean": 300.04, "std": 2.5, "n": 3}, "mmd": 0.01234}, "b": {"rsum": 7.0}}, columns)
+    assert table.splitlines() == [
+        "| model | rsum | MMD | probe |",
+        "|---|---:|---:|---:|",
+        "| a | 300.0 ± 2.5 | 0.012 | - |",  # distances with three decimals, a missing metric as "-"
+        "| b | 7.0 | - | - |",
+    ]
+
+
+def test_comparison_and_demo_tables_share_one_layout():
+    summary = {"vsepp": {"rsum": {"mean": 300.04, "std": 2.5, "n": 3}}}
+    lines = summary_table(summary).splitlines()
+    assert lines[0] == "| model | " + " | ".join(title for _, title in TABLE_COLUMNS) + " |"
+    assert lines[2] == "| vsepp (n=3) | - | - | - | - | - | - | 300.0 ± 2.5 | - | - | - |"
+    demo = demo_table({"vsepp": {"rsum": 99.04}}, {"rsum": 52.14}, n_images=60).splitlines()
+    assert demo[:2] == lines[:2]
+    assert demo[2] == "| VSE++ baseline | - | - | - | - | - | - | 99.0 | - | - | - |"
+    assert demo[3] == "| *chance (60 images)* | - | - | - | - | - | - | 52.1 | - | - | - |"
 
 
 def random_ranking_rsum(n_images: int) -> float:

@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from itmatch.cli import main
-from itmatch.demo import MODELS, QUICK_PLAN, chance_recall, prepare_dataset, prepare_features
+from itmatch.data.splits import load_split
 from itmatch.evaluation.invariance import probe_accuracy
 from itmatch.evaluation.recall import evaluate_embeddings
+from itmatch.experiments.chance import chance_recall
+from itmatch.experiments.demo import prepare_dataset, prepare_features
+from itmatch.experiments.demo_models import MODELS, QUICK_PLAN
 from itmatch.inference import Matcher
-from itmatch.training.data import load_split
 
 pytestmark = pytest.mark.slow
 

@@ -15,6 +15,7 @@ import torch
 import yaml
 from PIL import Image
 
+import itmatch.features.corpus as features_corpus
 import itmatch.features.extract as extract_mod
 import itmatch.training.data as data_mod
 from itmatch.cli import main
@@ -190,7 +191,7 @@ def test_backbone_trains_only_where_unfrozen_with_frozen_batchnorm_and_fresh_cac
         assert moved(snapshots[name], nxt, lambda k: k.startswith("image_encoder.fc."))
 
     # The fine-tuned model embeds photos through its own backbone, never cached features.
-    monkeypatch.setattr(data_mod, "corpus_features", lambda *a, **k: pytest.fail("read cached features"))
+    monkeypatch.setattr(features_corpus, "corpus_features", lambda *a, **k: pytest.fail("read cached features"))
     matcher = Matcher.from_run(run, "last")
     dev = load_corpus("flickr8k", str(photos), "dev")
     im, tx = matcher.embed_corpus(dev)
@@ -306,8 +307,9 @@ def test_optional_backbone_that_is_not_installed_names_the_extra(tmp_path, photo
 
 
 def test_backbone_weights_file_feeds_the_model_and_its_feature_cache(tmp_path, photos):
-    from itmatch.features.backbones import file_sha256, get_backbone
+    from itmatch.features.backbones import get_backbone
     from itmatch.features.extract import FeatureStore
+    from itmatch.fileio import file_sha256
     from itmatch.models import build_model
 
     # Weights that differ from the built-in ones: the packaged ImageNet weights, head conv halved.

@@ -24,10 +24,10 @@ import itmatch.training.trainer as trainer_module
 from itmatch.cli import main
 from itmatch.errors import ConfigError, ItmatchError
 from itmatch.models import build_model
-from itmatch.training.checkpoint import capture_rng_state, restore_rng_state
 from itmatch.training.config import load_config
 from itmatch.training.data import train_val_corpora
 from itmatch.training.distributed import DistInfo, init_distributed, shard_bounds, shutdown_distributed
+from itmatch.training.rng import capture_rng_state, restore_rng_state
 from itmatch.training.schedule import Adversarial, Stage, parse_stage
 from itmatch.training.step import StepContext, to_floats, train_step
 from itmatch.training.trainer import make_optimizers, set_trainable, step_context, train
@@ -563,7 +563,7 @@ def test_feature_extraction_in_training_and_embedding_uses_the_run_device(tmp_pa
         train(load_config("vsepp", overrides), tmp_path / "run")
     assert seen == [torch.device("cpu")]
 
-    import itmatch.training.data as data_mod
+    import itmatch.features.corpus as corpus_features_mod
     from itmatch.data import load_corpus
     from itmatch.inference import Matcher
 
@@ -573,7 +573,7 @@ def test_feature_extraction_in_training_and_embedding_uses_the_run_device(tmp_pa
         asked.append(device)
         raise Stop
 
-    monkeypatch.setattr(data_mod, "corpus_features", features_spy)
+    monkeypatch.setattr(corpus_features_mod, "corpus_features", features_spy)
     matcher = Matcher(tiny_model(), None, {"data": {}}, tmp_path / "x.pt", torch.device("cpu"), "")
     with pytest.raises(Stop):
         matcher.embed_corpus(load_corpus("flickr8k", data, "dev"))

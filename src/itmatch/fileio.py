@@ -1,11 +1,13 @@
-"""File helpers shared by the feature cache and the search index."""
+"""File helpers: the one atomic writer (every file itmatch writes whole goes through
+:func:`atomic_write_bytes`), folder locks, and error messages that name the file."""
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,18 @@ def os_error_about(exc: OSError, path: Path | str, written: int = 0) -> OSError:
     return out
 
 
+def _create_temp_beside(path: Path) -> tuple[int, str]:
+    """A new, exclusively created ``.NAME.<random>.tmp`` beside ``path``. Created with mode 0666
+    less the umask (what ``open()`` gives), not ``mkstemp``'s 0600: the renamed file then has the
+    permissions any other file written here would have (reports and indexes are for sharing)."""
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), str(tmp)
+        except FileExistsError:
+            continue
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
     """Call ``write(file_object)`` on a temporary file beside ``path``, then rename it over ``path``.
 
@@ -63,7 +77,7 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = _create_temp_beside(path)
     except OSError as exc:
         raise os_error_about(exc, path) from exc
     try:
@@ -83,5 +97,41 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], Any]) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str) -> Path:
+    """:func:`atomic_write_bytes` of ``text`` in UTF-8; returns ``path``."""
     atomic_write_bytes(path, lambda f: f.write(text.encode("utf-8")))
+    return Path(path)
+
+
+TEMP_PATTERN = ".*.tmp"  # what atomic_write_bytes leaves behind when killed mid-write
+
+
+def remove_stale_temp_files(folder: Path) -> list[Path]:
+    """Delete the temporary files a killed atomic write left in ``folder``; the caller must hold
+    the folder's lock (no live writer then). Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).glob(TEMP_PATTERN):
+        if tmp.is_file():
+            try:
+                tmp.unlink()
+                removed.append(tmp)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file (memoised per path, size and mtime within the process)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]

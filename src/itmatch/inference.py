@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from itmatch.checkpoints import load_checkpoint
 from itmatch.data import Corpus
 from itmatch.errors import ItmatchError
-from itmatch.features.backbones import file_sha256
+from itmatch.fileio import file_sha256
 from itmatch.models import JointModel, build_model
 from itmatch.models.text_processing import TextProcessor, make_text_processor
-from itmatch.training.checkpoint import load_checkpoint
 
 
 def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
@@ -148,11 +148,11 @@ class Matcher:
         embeds the photos through it and never reads cached features, which would be stale.
         """
         if self.model.image_encoder.backbone is not None:
-            from itmatch.training.data import check_photos
+            from itmatch.features.corpus import check_photos
 
             images = self.embed_images(check_photos(corpus))
         else:
-            from itmatch.training.data import corpus_features
+            from itmatch.features.corpus import corpus_features
 
             images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress, device=self.device))
         return images, self.embed_texts(corpus.flat_captions())

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from itmatch.training.compare import run_comparison
+    from itmatch.experiments.compare import run_comparison
 
     overrides = data_overrides(args) + list(args.overrides)
     if args.val_split:

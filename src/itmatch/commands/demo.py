@@ -1,5 +1,5 @@
 """``itmatch demo``: generate a data set, train the baseline and the modality-invariant model,
-compare them on the test split and write a report folder (see :mod:`itmatch.demo`)."""
+compare them on the test split and write a report folder (see :mod:`itmatch.experiments.demo`)."""
 
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
-    from itmatch.demo import run_demo
     from itmatch.errors import ItmatchError
+    from itmatch.experiments.demo import run_demo
 
     if args.threads < 1:
         raise ItmatchError(f"--threads must be >= 1, got {args.threads}")

@@ -87,7 +87,7 @@ def _load_embeddings(path: str, what: str) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from itmatch.evaluation.recall import evaluate_embeddings
+    from itmatch.evaluation.runs import embed_run, score_embeddings
 
     if (args.image_emb is None) != (args.text_emb is None):
         raise ItmatchError("--image-emb and --text-emb go together")
@@ -100,13 +100,12 @@ def run(args: argparse.Namespace) -> int:
             raise ItmatchError(f"embedding sizes differ: images {tuple(im.shape)}, texts {tuple(tx.shape)}")
         source = f"{args.image_emb} + {args.text_emb}"
     elif args.run:
-        from itmatch.inference import Matcher
-        from itmatch.training.data import load_split
-
-        matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
-        corpus = load_split(data_config_with_args(matcher.config["data"], args), args.split)
-        im, tx = matcher.embed_corpus(corpus, progress=not args.json)
-        source = f"{args.run} ({matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
+        embedded = embed_run(
+            args.run, args.split, checkpoint=args.checkpoint, data=data_config_with_args({}, args),
+            device=args.device, progress=not args.json,
+        )  # fmt: skip
+        im, tx, corpus = embedded.images, embedded.texts, embedded.corpus
+        source = f"{args.run} ({embedded.matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
     else:
         raise ItmatchError("nothing to evaluate: give a run folder or --image-emb/--text-emb")
 
@@ -116,11 +115,7 @@ def run(args: argparse.Namespace) -> int:
         im, tx = center_modalities(im, tx)
         source += ", each modality centred"
     try:  # the library names what is wrong (counts, protocol) in a ValueError
-        metrics = evaluate_embeddings(im, tx, protocol=args.protocol)
-        if not args.no_invariance:
-            from itmatch.evaluation.invariance import invariance_metrics
-
-            metrics.update(invariance_metrics(im, tx))
+        metrics = score_embeddings(im, tx, protocol=args.protocol, invariance=not args.no_invariance)
     except ValueError as exc:
         raise ItmatchError(str(exc)) from None
     if args.save_emb:

@@ -20,13 +20,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from itmatch.evaluation.invariance import invariance_metrics
     from itmatch.evaluation.plots import tsne_map
-    from itmatch.inference import Matcher
-    from itmatch.training.data import load_split
+    from itmatch.evaluation.runs import embed_run
 
-    matcher = Matcher.from_run(args.run, args.checkpoint, device=args.device)
-    im, tx = matcher.embed_corpus(load_split(data_config_with_args(matcher.config["data"], args), args.split), progress=True)
+    embedded = embed_run(
+        args.run, args.split, checkpoint=args.checkpoint, data=data_config_with_args({}, args), device=args.device,
+        progress=True,
+    )  # fmt: skip
+    im, tx = embedded.images, embedded.texts
     probe = invariance_metrics(im, tx)["probe_acc"]
-    title = f"{matcher.config.get('name', 'run')} ({args.split}): probe accuracy {probe:.1f}%"
+    title = f"{embedded.matcher.config.get('name', 'run')} ({args.split}): probe accuracy {probe:.1f}%"
     tsne_map(im, tx, args.output, title=title, max_points=args.max_points)
     eprint(f"wrote {args.output}")
     return 0

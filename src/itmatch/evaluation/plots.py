@@ -15,24 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
-ArrayLike = torch.Tensor | np.ndarray
+from itmatch.evaluation.arrays import ArrayLike, as_numpy
 
 IMAGE_COLOUR = "tab:blue"
 TEXT_COLOUR = "tab:orange"
 
 
-def _as_numpy(x: ArrayLike, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or len(x) == 0:
-        raise ValueError(f"{name}: expected a non-empty 2-D array (rows x dims), got shape {x.shape}")
-    return x
-
-
-def _new_figure(width: float, height: float) -> Any:
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib Figure of ``width`` x ``height`` inches at 100 dpi, drawn off-screen (Agg)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -41,7 +32,8 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: str | Path) -> Path:
+def save_figure(fig: Any, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG at ``path`` (folders created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
@@ -56,8 +48,8 @@ def tsne_coordinates(
     At most ``max_points`` points in all: half from each modality when both have enough, the
     rest from the other when one is short. Returns ``(coords (n, 2), is_image (n,) bool)``.
     """
-    a = _as_numpy(img, "image embeddings")
-    b = _as_numpy(txt, "text embeddings")
+    a = as_numpy(img, "image embeddings", min_rows=1).astype(np.float64)
+    b = as_numpy(txt, "text embeddings", min_rows=1).astype(np.float64)
     if a.shape[1] != b.shape[1]:
         raise ValueError(f"image and text embeddings differ in dimension: {a.shape} vs {b.shape}")
     if max_points < 4:
@@ -107,10 +99,10 @@ def tsne_map(
 ) -> Path:
     """Write a PNG t-SNE map of image and text embeddings, coloured by modality; returns the path."""
     coords, is_image = tsne_coordinates(img, txt, max_points=max_points, seed=seed)
-    fig = _new_figure(6, 6)
+    fig = new_figure(6, 6)
     _draw_map(fig.add_subplot(1, 1, 1), coords, is_image, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def tsne_grid(
@@ -122,12 +114,12 @@ def tsne_grid(
     """Write side-by-side t-SNE maps, one panel per ``(title, image_emb, text_emb)``; returns the path."""
     if not maps:
         raise ValueError("tsne_grid: no maps given")
-    fig = _new_figure(4.5 * len(maps), 4.8)
+    fig = new_figure(4.5 * len(maps), 4.8)
     for k, (title, img, txt) in enumerate(maps):
         coords, is_image = tsne_coordinates(img, txt, max_points=max_points, seed=seed)
         _draw_map(fig.add_subplot(1, len(maps), k + 1), coords, is_image, title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -231,7 +223,7 @@ def plot_training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> Pa
 
     n_cols = min(3, len(panels))
     n_rows = math.ceil(len(panels) / n_cols)
-    fig = _new_figure(4.5 * n_cols, 3.2 * n_rows)
+    fig = new_figure(4.5 * n_cols, 3.2 * n_rows)
     for k, (x_key, y_key) in enumerate(panels):
         ax = fig.add_subplot(n_rows, n_cols, k + 1)
         xs, ys, stages = _series(records, x_key, y_key)
@@ -242,4 +234,4 @@ def plot_training_curves(metrics_jsonl_path: str | Path, path: str | Path) -> Pa
         ax.set_title(y_key, fontsize=10)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

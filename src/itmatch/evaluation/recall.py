@@ -433,7 +433,21 @@ def metrics_from_ranks(i2t_ranks: np.ndarray, t2i_ranks: np.ndarray) -> dict[str
     return {k: out[k] for k in METRIC_KEYS}
 
 
-def _summarise_folds(folds: list[dict[str, float]]) -> dict[str, Any]:
+def _score_folds(
+    n_img: int, protocol: str, rank: Callable[[tuple[slice, slice] | None], tuple[np.ndarray, np.ndarray]]
+) -> dict[str, Any]:
+    """The metrics of ``protocol`` on ``n_img`` images. ``rank(fold)`` returns the i2t and t2i
+    ranks of the images and captions ``fold = (image_rows, caption_rows)``, or of all of them for
+    ``None``; a 5-fold result is the mean of its folds, with the per-fold dicts under ``"folds"``."""
+    n_folds = resolve_protocol(protocol, n_img)
+    if n_folds == 1:
+        return metrics_from_ranks(*rank(None))
+    size = n_img // n_folds
+    cpi = CAPTIONS_PER_IMAGE
+    folds = [
+        metrics_from_ranks(*rank((slice(k * size, (k + 1) * size), slice(cpi * k * size, cpi * (k + 1) * size))))
+        for k in range(n_folds)
+    ]
     summary: dict[str, Any] = {k: float(np.mean([f[k] for f in folds])) for k in METRIC_KEYS}
     summary["folds"] = folds
     return summary
@@ -456,22 +470,11 @@ def evaluate_embeddings(
     txt = _as_float_tensor(text_emb, "text embeddings")
     n_img = len(img)
     _check_counts(n_img, len(txt), "embeddings", _shapes(img, txt))
-    n_folds = resolve_protocol(protocol, n_img)
-    if n_folds == 1:
-        return metrics_from_ranks(*ranks_from_embeddings(img, txt, chunk_size=chunk_size))
-    size = n_img // n_folds
-    cpi = CAPTIONS_PER_IMAGE
-    folds = [
-        metrics_from_ranks(
-            *ranks_from_embeddings(
-                img[k * size : (k + 1) * size],
-                txt[cpi * k * size : cpi * (k + 1) * size],
-                chunk_size=chunk_size,
-            )
-        )
-        for k in range(n_folds)
-    ]
-    return _summarise_folds(folds)
+    def rank(fold: tuple[slice, slice] | None) -> tuple[np.ndarray, np.ndarray]:
+        im, tx = (img, txt) if fold is None else (img[fold[0]], txt[fold[1]])
+        return ranks_from_embeddings(im, tx, chunk_size=chunk_size)
+
+    return _score_folds(n_img, protocol, rank)
 
 
 def evaluate_similarity(
@@ -483,17 +486,7 @@ def evaluate_similarity(
     """
     _check_similarity(sims)
     n_img = sims.shape[0]
-    n_folds = resolve_protocol(protocol, n_img)
-    if n_folds == 1:
-        return metrics_from_ranks(*ranks_from_similarity(sims, chunk_size=chunk_size))
-    size = n_img // n_folds
-    cpi = CAPTIONS_PER_IMAGE
-    folds = [
-        metrics_from_ranks(
-            *ranks_from_similarity(
-                sims[k * size : (k + 1) * size, cpi * k * size : cpi * (k + 1) * size], chunk_size=chunk_size
-            )
-        )
-        for k in range(n_folds)
-    ]
-    return _summarise_folds(folds)
+    def rank(fold: tuple[slice, slice] | None) -> tuple[np.ndarray, np.ndarray]:
+        return ranks_from_similarity(sims if fold is None else sims[fold], chunk_size=chunk_size)
+
+    return _score_folds(n_img, protocol, rank)

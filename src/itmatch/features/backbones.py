@@ -15,7 +15,6 @@ Every backbone module carries ``name``, ``feature_dim``, ``normalization`` (the
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from itmatch.features.efficientnet_lite import (
     load_strict,
 )
 from itmatch.features.preprocess import IMAGENET_NORMALIZATION, ImageTransform, Normalization
+from itmatch.fileio import file_sha256
 
 RANDOM_INIT = "random-init"
 _RANDOM_INIT_SEED = 0  # random-init backbones are seeded so their features are reproducible
@@ -83,23 +83,6 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
             raise ItmatchError(f"weights file {path} for backbone {name!r} does not exist")
         return path
     return default_lite0_weights() if spec.has_default_weights else None
-
-
-_HASH_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file (memoised per path, size and mtime within the process)."""
-    path = Path(path).resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _HASH_CACHE:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _HASH_CACHE[key] = digest.hexdigest()
-    return _HASH_CACHE[key]
 
 
 def require_weights(name: str, weights: str | Path | None, key: str) -> Path:

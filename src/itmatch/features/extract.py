@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from itmatch.errors import ImageReadError, ItmatchError
 from itmatch.features.backbones import backbone_spec, get_backbone, resolve_weights, weights_identity
 from itmatch.features.preprocess import ImageTransform
-from itmatch.fileio import exclusive_lock
+from itmatch.fileio import atomic_write_bytes, atomic_write_text, exclusive_lock
 
 if TYPE_CHECKING:
     from itmatch.data.corpus import Corpus
@@ -538,19 +538,14 @@ def _no_space(path: Path, size: int) -> None:
 
 
 def _save_done(folder: Path, done: np.ndarray) -> None:
-    tmp = folder / (DONE_FILE + ".tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, done)
-    os.replace(tmp, folder / DONE_FILE)
+    atomic_write_bytes(folder / DONE_FILE, lambda fh: np.save(fh, done))
 
 
 def _write_sidecar(folder: Path, meta: dict[str, Any]) -> None:
     meta = dict(meta, updated=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    tmp = folder / (SIDECAR_FILE + ".tmp")
     # One line per field: readable header, compact id and file lists.
     text = "{\n" + ",\n".join(f" {json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items()) + "\n}\n"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, folder / SIDECAR_FILE)
+    atomic_write_text(folder / SIDECAR_FILE, text)
 
 
 def _exclusive(folder: Path):

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from itmatch.errors import ItmatchError
-from itmatch.retrieval.index import Caption, Photo, PhotoIndex
+from itmatch.retrieval.index_store import Caption, Photo, PhotoIndex
 
 DEFAULT_MAX_QUERY_CHARS = 500
 

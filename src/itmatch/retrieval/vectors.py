@@ -3,7 +3,7 @@
 Two backends behind one interface (:class:`VectorSearch`): ``search(queries, k) -> (scores, rows)``.
 
 * :class:`ExactSearch` (default): torch matmul + top-k, in blocks of database rows so memory stays
-  bounded for millions of vectors. On this project's CPUs it beat FAISS's flat index.
+  bounded for millions of vectors (measured against FAISS's flat index: benchmarks/results/).
 * :class:`FaissSearch`: FAISS IVF-Flat or HNSW-Flat for approximate search over very large
   collections. FAISS is the optional extra ``faiss-cpu`` (``pip install 'itmatch[faiss]'``) and is
   imported only when an approximate index is built or loaded.
@@ -40,6 +40,19 @@ def _as_matrix(vectors: np.ndarray | torch.Tensor) -> torch.Tensor:
     return t.to(torch.float32).contiguous()
 
 
+def _queries_and_k(queries: np.ndarray | torch.Tensor, k: int, dim: int, size: int) -> tuple[torch.Tensor, int]:
+    """Queries as an m x ``dim`` float32 matrix (a ValueError when their dimension is not the
+    index's), and ``k`` capped at the ``size`` vectors there are."""
+    q = _as_matrix(queries)
+    if q.shape[1] != dim:
+        raise ValueError(f"query dimension {q.shape[1]} != index dimension {dim}")
+    return q, min(int(k), size)
+
+
+def _no_results(n_queries: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.zeros(n_queries, 0), torch.zeros(n_queries, 0, dtype=torch.long)
+
+
 class ExactSearch:
     """Brute force: every query against every vector, ``block_rows`` database rows at a time."""
 
@@ -56,12 +69,9 @@ class ExactSearch:
 
     @torch.no_grad()
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q = _as_matrix(queries)
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
-        k = min(int(k), len(self))
+        q, k = _queries_and_k(queries, k, self.dim, len(self))
         if k <= 0:
-            return torch.zeros(q.shape[0], 0), torch.zeros(q.shape[0], 0, dtype=torch.long)
+            return _no_results(q.shape[0])
         if len(self) <= self.block_rows:
             return torch.topk(q @ self.vectors.T, k, dim=1)
         best_scores, best_rows = None, None
@@ -168,13 +178,10 @@ class FaissSearch:
             self.params["ef_search"] = int(ef_search)
 
     def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        q = np.ascontiguousarray(_as_matrix(queries).numpy())
-        if q.shape[1] != self.dim:
-            raise ValueError(f"query dimension {q.shape[1]} != index dimension {self.dim}")
-        k = min(int(k), len(self))
+        q, k = _queries_and_k(queries, k, self.dim, len(self))
         if k <= 0:
-            return torch.zeros(q.shape[0], 0), torch.zeros(q.shape[0], 0, dtype=torch.long)
-        scores, rows = self.index.search(q, k)
+            return _no_results(q.shape[0])
+        scores, rows = self.index.search(np.ascontiguousarray(q.numpy()), k)
         # FAISS pads with row -1 when fewer than k candidates were visited; callers drop those.
         return torch.from_numpy(scores), torch.from_numpy(rows.astype(np.int64))
 

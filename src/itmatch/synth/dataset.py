@@ -17,7 +17,6 @@ Images are ordered train, then val, then test.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from itmatch.data.text import tokenize
+from itmatch.fileio import atomic_write_text
 from itmatch.synth.captions import describe
 from itmatch.synth.render import render_scene
 from itmatch.synth.scenes import sample_scene
@@ -36,17 +36,6 @@ SCENES_JSON = "scenes.json"
 PARAMS_JSON = "synth_params.json"
 IMAGE_DIR = "images"
 _IMAGE_NAME = re.compile(r"^\d{6,}\.png$")
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # open() rather than mkstemp: the file gets the usual permissions (umask), not 0600.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _is_complete(out: Path, params: dict[str, Any], filenames: list[str]) -> bool:
@@ -140,7 +129,7 @@ def generate_dataset(
         "image_size": int(image_size),
         "scenes": scenes,
     }
-    _atomic_write(out / SCENES_JSON, json.dumps(meta))
-    _atomic_write(json_path, json.dumps({"dataset": "synth", "images": images}))
-    _atomic_write(out / PARAMS_JSON, json.dumps(params, indent=1) + "\n")
+    atomic_write_text(out / SCENES_JSON, json.dumps(meta))
+    atomic_write_text(json_path, json.dumps({"dataset": "synth", "images": images}))
+    atomic_write_text(out / PARAMS_JSON, json.dumps(params, indent=1) + "\n")
     return json_path

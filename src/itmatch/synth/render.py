@@ -2,7 +2,7 @@
 
 Nuisance variation comes from the ``rng`` passed in, never from the scene: each object's shade
 (+-14 per channel) and rotation (+-15 degrees; circles and rings are symmetric), the texture's
-period, phase, orientation and contrast. (No pixel noise: it would make each PNG ~8x bigger.) None of it changes what a caption
+period, phase, orientation and contrast. (No pixel noise: it would make each PNG several times bigger.) None of it changes what a caption
 may say: every shape stays inside its circle, its named colour stays the nearest palette colour.
 Drawing happens at twice the size and is downsampled, for anti-aliased edges.
 """

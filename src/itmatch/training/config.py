@@ -9,7 +9,6 @@ an installed itmatch finds them too; a path to any YAML file works as well.
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -245,10 +244,6 @@ def load_config(
                     raise ConfigError(f"{path}: {exc}") from None
             raise
         raise ConfigError(f"{path}: {exc}") from None
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("ITMATCH_CACHE", Path.home() / ".cache" / "itmatch"))
 
 
 # What a resumed run may change: how it runs, not what it computes. Everything else (data, model,

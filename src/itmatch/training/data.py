@@ -3,7 +3,8 @@
 Two input paths, chosen by ``model.backbone`` (see :func:`training_data`):
 
 - **Features** (``model.backbone: null``): the image encoder reads precomputed CNN features
-  (:func:`corpus_features`: extracted once into the cache, or a precomp corpus's own);
+  (:func:`itmatch.features.corpus.corpus_features`: extracted once into the cache, or a precomp
+  corpus's own);
   :class:`PairBatches` batches them in memory.
 - **Photos** (``model.backbone`` names a backbone): the model holds the CNN. Training batches
   decode the photos in DataLoader worker processes with the backbone's training preprocessing
@@ -13,7 +14,7 @@ Two input paths, chosen by ``model.backbone`` (see :func:`training_data`):
   frozen backbone would compute on centre crops, at a fraction of the cost); once it has been
   trained, or with ``data.features: none``, every epoch runs it on photos, so cached features
   are never read stale. A run whose stages all train the backbone never touches the cache.
-  BatchNorm: see :func:`freeze_batchnorm_statistics`.
+  BatchNorm: see :func:`itmatch.models.batchnorm.freeze_batchnorm_statistics`.
 """
 
 from __future__ import annotations
@@ -27,16 +28,10 @@ import numpy as np
 import torch
 
 from itmatch.data import Corpus
+from itmatch.data.splits import load_split
 from itmatch.errors import ConfigError
-
-
-def load_split(data_cfg: dict[str, Any], split: str) -> Corpus:
-    """Read one split of the data set the config names."""
-    from itmatch.data import load_corpus
-
-    if not data_cfg.get("format") or not data_cfg.get("path"):
-        raise ConfigError("data.format and data.path must be set (e.g. --format flickr8k --data PATH)")
-    return load_corpus(data_cfg["format"], data_cfg["path"], split, image_root=data_cfg.get("image_root"))
+from itmatch.features.corpus import check_photos, corpus_features
+from itmatch.models.batchnorm import freeze_batchnorm_statistics
 
 
 def train_val_corpora(data_cfg: dict[str, Any]) -> tuple[Corpus, Corpus]:
@@ -60,56 +55,6 @@ def train_val_corpora(data_cfg: dict[str, Any]) -> tuple[Corpus, Corpus]:
     if data_cfg.get("max_train_images"):
         train = train.subset(range(min(len(train), int(data_cfg["max_train_images"]))))
     return train, val
-
-
-def feature_cache_dir(data_cfg: dict[str, Any]) -> Path:
-    """Where cached features live: ``data.feature_cache``, else ``$ITMATCH_CACHE/features``
-    (image features and a frozen sentence encoder's outputs both go there)."""
-    from itmatch.training.config import default_cache_dir
-
-    return Path(data_cfg.get("feature_cache") or default_cache_dir() / "features")
-
-
-def corpus_features(
-    corpus: Corpus,
-    data_cfg: dict[str, Any],
-    progress: bool | Callable[[int, int], None] = False,
-    device: torch.device | str | None = None,
-) -> np.ndarray:
-    """Image features (N x D float32) for a corpus, in its image order.
-
-    Precomp corpora carry their features. Otherwise ``data.features`` is either ``auto`` (extract
-    with ``data.feature_backbone`` on ``device`` (None: auto), cached: a second call with the same
-    images does no work) or the folder of an ``itmatch extract`` output.
-    """
-    if corpus.features is not None:
-        return np.array(corpus.features, dtype=np.float32)  # a writable in-memory copy of the memmap
-    from itmatch.features.extract import FeatureStore, extract_features
-
-    source = data_cfg.get("features") or "auto"
-    if source == "none":
-        raise ConfigError(
-            f"data.features: none, but the model reads precomputed features of {corpus.name}/{corpus.split}; "
-            "set model.backbone to train on photos, or data.features: auto"
-        )
-    if source == "auto":
-        from itmatch.device import pick_device
-        from itmatch.features.backbones import require_weights
-        cache = feature_cache_dir(data_cfg)
-        backbone = data_cfg["feature_backbone"]
-        store = extract_features(
-            corpus.image_root,
-            corpus.image_ids,
-            cache,
-            backbone=backbone,
-            weights=require_weights(backbone, data_cfg.get("feature_weights"), "data.feature_weights"),
-            progress=progress,
-            image_size=int(data_cfg.get("image_size", 224)),
-            device=pick_device(device),
-        )
-    else:
-        store = FeatureStore.open(Path(source))
-    return np.array(store.lookup(corpus.image_ids), dtype=np.float32)
 
 
 def caption_order(n: int, seed: int) -> torch.Tensor:
@@ -166,39 +111,6 @@ TRAIN_CROP_SCALE = (0.9, 1.0)
 # Photos per forward pass when validating a model with a backbone (activation memory; on CPU,
 # small passes also avoid glibc re-mapping big activations on every call).
 PHOTO_EVAL_BATCH = 32
-
-
-def freeze_batchnorm_statistics(backbone: torch.nn.Module) -> torch.utils.hooks.RemovableHandle:
-    """Keep ``backbone``'s BatchNorm layers in evaluation mode, whatever mode the model is put in.
-
-    The normalisation then always uses the pretrained running statistics and never updates them
-    (BatchNorm's affine weight and bias still train with the backbone). Fine-tuning batches are
-    small, sharded across ranks or split into micro-batches, and the captions of one photo
-    repeat in a batch; batch statistics from them would be noisy and would differ between a
-    1-GPU and an 8-GPU run of the same recipe, while frozen statistics make every set-up compute
-    the same function. A backbone whose parameters are all frozen runs entirely in evaluation
-    mode (no stochastic depth either): it is a fixed feature extractor.
-
-    Implemented as a forward pre-hook (``JointModel.train()`` is called at every step); returns
-    its handle. Calling it twice on one module is harmless.
-    """
-    existing = getattr(backbone, "_itmatch_bn_hook", None)
-    if existing is not None:
-        return existing
-
-    def hook(module: torch.nn.Module, args: Any) -> None:
-        if not module.training:
-            return
-        if not any(p.requires_grad for p in module.parameters()):
-            module.eval()
-            return
-        for m in module.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                m.eval()
-
-    handle = backbone.register_forward_pre_hook(hook)
-    backbone._itmatch_bn_hook = handle
-    return handle
 
 
 def _item_seed(seed: int, row: int) -> int:
@@ -446,22 +358,6 @@ class TrainingData:
         if self.channels_last:
             backbone.to(memory_format=torch.channels_last)
         self.backbone_state.attach(backbone)
-
-
-def check_photos(corpus: Corpus) -> list[Path]:
-    """The corpus's photo paths; ImageReadError naming every missing one, ConfigError without a folder."""
-    from itmatch.errors import ImageReadError
-
-    if corpus.image_root is None:
-        raise ConfigError(
-            f"model.backbone needs photos, but {corpus.name}/{corpus.split} has precomputed features only; "
-            "use a data format with an image folder, or model.backbone: null"
-        )
-    paths = corpus.image_paths()
-    missing = {str(p): "no such file" for p in paths if not p.is_file()}
-    if missing:
-        raise ImageReadError(missing)
-    return paths
 
 
 def training_data(

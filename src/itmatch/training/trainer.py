@@ -32,21 +32,14 @@ import numpy as np
 import torch
 import yaml
 
+from itmatch.checkpoints import load_checkpoint, save_checkpoint
 from itmatch.device import pick_device
 from itmatch.errors import ConfigError, ItmatchError
-from itmatch.fileio import exclusive_lock
+from itmatch.fileio import atomic_write_text, exclusive_lock, remove_stale_temp_files
 from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import resolve_model_config
 from itmatch.models.text_processing import make_text_processor
-from itmatch.training.checkpoint import (
-    atomic_write_text,
-    capture_rng_state,
-    load_checkpoint,
-    remove_stale_temp_files,
-    restore_rng_state,
-    save_checkpoint,
-)
 from itmatch.training.config import resume_config
 from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.distributed import (
@@ -57,6 +50,7 @@ from itmatch.training.distributed import (
     init_distributed,
     shutdown_distributed,
 )
+from itmatch.training.rng import capture_rng_state, restore_rng_state
 from itmatch.training.schedule import Stage, parse_stages
 from itmatch.training.step import PRECISIONS, StepContext, to_floats, train_step
 
@@ -483,8 +477,8 @@ def _prime_sentence_cache(model: JointModel, cfg: dict[str, Any], data: Any, inf
     encoder = model.text_encoder
     if not isinstance(encoder, MiniLMTextEncoder) or not encoder.memoize_frozen or not encoder.backbone_frozen():
         return
+    from itmatch.features.corpus import feature_cache_dir
     from itmatch.features.sentences import prime_sentence_cache
-    from itmatch.training.data import feature_cache_dir
 
     cache = feature_cache_dir(cfg["data"])
     sentences = [*data.pairs.captions, *data.val_captions]

@@ -13,21 +13,14 @@ applies to the recipes that have that stage.
 from __future__ import annotations
 
 import json
-import statistics
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from itmatch.errors import ConfigError
 from itmatch.evaluation.invariance import MMD_BANDWIDTH
-from itmatch.training.checkpoint import atomic_write_text
-
-TABLE_COLUMNS = [
-    ("i2t_r1", "i2t R@1"), ("i2t_r5", "i2t R@5"), ("i2t_r10", "i2t R@10"),
-    ("t2i_r1", "t2i R@1"), ("t2i_r5", "t2i R@5"), ("t2i_r10", "t2i R@10"),
-    ("rsum", "rsum"), ("probe_acc", "probe acc %"), ("centroid_dist", "centroid dist"),
-    ("mmd", f"MMD (σ={MMD_BANDWIDTH:g})"),  # one fixed kernel for every model: the MMDs compare
-]  # fmt: skip
+from itmatch.experiments.tables import aggregate, markdown_table
+from itmatch.fileio import atomic_write_text
 
 
 def parse_spec(spec: str) -> tuple[str, str | None]:
@@ -47,35 +40,13 @@ def order_specs(specs: Sequence[str]) -> list[str]:
     return sorted(specs, key=lambda s: parse_spec(s)[1] is not None)
 
 
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
-def aggregate(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{spec: {metric: {"mean", "std", "n"}}} over seeds, for every numeric metric."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for spec, runs in per_seed.items():
-        keys = sorted({k for r in runs for k, v in r.items() if isinstance(v, (int, float))})
-        out[spec] = {}
-        for k in keys:
-            mean, std = mean_std([float(r[k]) for r in runs if k in r])
-            out[spec][k] = {"mean": mean, "std": std, "n": len(runs)}
-    return out
-
-
-def markdown_table(summary: dict[str, dict[str, dict[str, float]]], columns=TABLE_COLUMNS) -> str:
-    header = "| model | " + " | ".join(title for _, title in columns) + " |"
-    lines = [header, "|" + "---|" * (len(columns) + 1)]
+def summary_table(summary: dict[str, dict[str, dict[str, float]]]) -> str:
+    """:func:`aggregate`'s summary as a Markdown table: one ``spec (n=seeds)`` row, mean ± std cells."""
+    rows = {}
     for spec, metrics in summary.items():
-        cells = []
-        for key, _ in columns:
-            m = metrics.get(key)
-            digits = 3 if key in ("centroid_dist", "mmd") else 1  # distances live in [0, 2]
-            cells.append("-" if m is None else f"{m['mean']:.{digits}f} ± {m['std']:.{digits}f}")
         n = next(iter(metrics.values()))["n"] if metrics else 0
-        lines.append(f"| {spec} (n={n}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        rows[f"{spec} (n={n})"] = metrics
+    return markdown_table(rows)
 
 
 def run_comparison(
@@ -91,12 +62,11 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train (or reuse) every spec x seed under ``out_dir``, score each best checkpoint on
     ``eval_split`` and write ``results.json``, ``table.md`` and ``tsne.png`` there."""
-    from itmatch.evaluation.invariance import invariance_metrics
+    from itmatch.data.splits import load_split
     from itmatch.evaluation.plots import tsne_grid
-    from itmatch.evaluation.recall import evaluate_embeddings, resolve_protocol
-    from itmatch.inference import Matcher
+    from itmatch.evaluation.recall import resolve_protocol
+    from itmatch.evaluation.runs import embed_run, score_embeddings
     from itmatch.training.config import load_config
-    from itmatch.training.data import load_split
     from itmatch.training.trainer import train
 
     # A protocol that does not fit the evaluation split (e.g. "1k" on a 5,000-image test set) is
@@ -129,19 +99,17 @@ def run_comparison(
                 cfg = load_config(name, [*overrides, f"seed={seed}"], skip_missing_stages=True)
                 init = out_dir / f"{base}-seed{seed}" if base else None
                 train(cfg, run_dir, init_from=init, progress=progress)
-            matcher = Matcher.from_run(run_dir, "best", device=load_config_device(run_dir))
-            if corpus is None:
-                corpus = load_split(matcher.config["data"], eval_split)
-            im, tx = matcher.embed_corpus(corpus, progress=progress)
-            metrics = {k: v for k, v in evaluate_embeddings(im, tx, protocol=protocol).items() if not isinstance(v, list)}
-            metrics.update(invariance_metrics(im, tx, seed=seed))
+            # The first run's data config names the split every run is scored on.
+            embedded = embed_run(run_dir, eval_split, corpus=corpus, device=load_config_device(run_dir), progress=progress)
+            corpus, im, tx = embedded.corpus, embedded.images, embedded.texts
+            metrics = score_embeddings(im, tx, protocol=protocol, seed=seed, folds=False)
             atomic_write_text(run_dir / f"eval_{eval_split}.json", json.dumps(metrics, indent=2, sort_keys=True))
             per_seed[spec].append(metrics)
             say(f"{spec} seed {seed}: rsum {metrics['rsum']:.1f}, probe {metrics['probe_acc']:.1f}%")
             if seed == seeds[0]:
                 maps.append((f"{spec} (seed {seed})", im, tx))
     summary = aggregate(per_seed)
-    table = markdown_table(summary)
+    table = summary_table(summary)
     result = {
         "specs": list(specs), "seeds": list(seeds), "eval_split": eval_split, "protocol": protocol,
         "mmd_bandwidth": MMD_BANDWIDTH, "overrides": list(overrides), "summary": summary, "per_seed": per_seed,
