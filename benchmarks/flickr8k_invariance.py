@@ -125,6 +125,19 @@ def score_last(seed: int, data: Path) -> dict[str, Any]:
     return entry
 
 
+def import_baseline_rows() -> list[str]:
+    """Copy the ``minilm``, ``minilm_more`` and ``minilm_adv`` runs from results/flickr8k_baseline.json
+    (same runs, same dev scoring: flickr8k_baseline.dev_scores) instead of scoring them again. Their
+    ``classifier_acc`` stays absent: minilm and minilm_more never train the classifier, and
+    minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
+    copied = []
+    for key, entry in fb.load_results(fb.RESULT).get("runs", {}).items():
+        if entry["variant"] in ("minilm", "minilm_more", "minilm_adv") and key not in fb.load_results(RESULT).get("runs", {}):
+            _save(key, {**entry, "scored_by": "flickr8k_baseline.py (copied)"})
+            copied.append(key)
+    return copied
+
+
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc", "centroid_dist", "mmd", "classifier_acc")
 MARKED = {"minilm": "baseline", "minilm_more": "control (+6 epochs, ranking only)"}
 
@@ -211,6 +224,7 @@ def main() -> None:
     last = sub.add_parser("last", help="score the baseline runs' last epoch (row minilm_last)")
     last.add_argument("--seed", type=int, default=0)
     last.add_argument("--data", type=Path, default=fb.DEFAULT_DATA)
+    sub.add_parser("import-baseline", help="copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json")
     sub.add_parser("table")
     sub.add_parser("plot")
     args = ap.parse_args()
@@ -218,6 +232,8 @@ def main() -> None:
         run(args.variant, args.seed, args.data)
     elif args.command == "last":
         score_last(args.seed, args.data)
+    elif args.command == "import-baseline":
+        print(import_baseline_rows())
     elif args.command == "table":
         print(table())
     else:
