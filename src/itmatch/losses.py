@@ -43,10 +43,10 @@ def triplet_ranking_loss(
 def modality_logits_and_labels(
     classifier: torch.nn.Module, image_emb: torch.Tensor, text_emb: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Classifier logits for images then texts, with labels 1 (image) and 0 (text)."""
-    logits = classifier(torch.cat([image_emb, text_emb], dim=0))
-    labels = torch.cat([image_emb.new_ones(image_emb.size(0)), text_emb.new_zeros(text_emb.size(0))])
-    return logits, labels
+    """Classifier logits for images then texts, with labels ``ModalityClassifier.IMAGE`` (1) and ``TEXT`` (0)."""
+    from itmatch.losses_alignment import modality_labels
+
+    return classifier(torch.cat([image_emb, text_emb], dim=0)), modality_labels(image_emb, text_emb)
 
 
 # The classifier losses are summed over the embeddings, like the ranking loss: one pair in the

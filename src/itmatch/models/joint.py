@@ -12,9 +12,6 @@ from itmatch.errors import ConfigError
 from itmatch.models.classifier import ModalityClassifier
 from itmatch.models.encoders import GRUTextEncoder, ImageEncoder
 
-# Trainable parts a stage can switch on or off (see itmatch.training.schedule).
-PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
-
 MODEL_DEFAULTS: dict[str, Any] = {
     "embed_dim": 1024,
     "word_dim": 300,
@@ -22,6 +19,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "gru_layers": 1,
     "classifier_hidden": None,  # None -> [d/2, d/4]
     "classifier_dropout": 0.0,
+    "classifier_members": 1,  # > 1: an ensemble of that many classifiers (the adversary fights them all)
     "backbone": None,  # None: precomputed features; a backbone name: raw images, backbone in the model
     "backbone_weights": None,  # the backbone's weights file; None: built-in (efficientnet_lite0 only)
 }
@@ -122,5 +120,5 @@ def build_model(
         text_encoder = MiniLMTextEncoder(embed_dim=d)
     else:
         raise ConfigError(f"model.text_encoder: unknown encoder {kind!r}; known: 'gru', 'minilm'")
-    classifier = ModalityClassifier(d, cfg["classifier_hidden"], cfg["classifier_dropout"])
+    classifier = ModalityClassifier(d, cfg["classifier_hidden"], cfg["classifier_dropout"], int(cfg["classifier_members"]))
     return JointModel(image_encoder, text_encoder, classifier)

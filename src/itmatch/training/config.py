@@ -90,6 +90,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "gru_layers": Int(min=1),
         "classifier_hidden": ListOf(Int(min=1), nullable=True, what="a list of positive integers"),
         "classifier_dropout": Float(min=0, max=1, max_open=True),
+        "classifier_members": Int(min=1),
         "backbone": Str(nullable=True),
         "backbone_weights": FilePath(),
     },

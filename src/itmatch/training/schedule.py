@@ -14,9 +14,18 @@ A stage (one entry of a recipe's ``stages`` list)::
                                # not with mode grl, which trains it in its joint step)
     adversarial:               # null, or how the encoders fight the classifier
       mode: grl                # grl (gradient reversal, one step) | alternate (D step, then encoder step)
+                               # | wgan (Wasserstein critic with gradient penalty, alternating)
       lambda: 0.1
       schedule: dann           # constant | dann (lambda * (2 / (1 + exp(-10 p)) - 1), p = stage progress)
       objective: uniform       # alternate mode only: uniform (target 0.5) | flip (wrong label)
+      label_smoothing: 0.0     # the classifier learns targets 1 - s/2 and s/2 (not wgan)
+      d_steps: 1               # classifier (critic) steps per encoder step, on the step's batch
+      reinit_every: 0          # > 0: the classifier gets fresh weights and optimizer state every N steps
+      gp_weight: 10.0          # wgan only: weight of the critic's gradient penalty
+    align:                     # null, or a non-adversarial alignment penalty added to the encoders' loss
+      kind: mmd                # mmd | coral | centroid | align_uniform (itmatch.losses_alignment)
+      weight: 1.0              # per pair: the step multiplies the batch-mean penalty by the batch size
+      bandwidth: 1.0           # mmd only: the RBF kernel's sigma
     select: rsum               # rsum: epochs of this stage compete for best.pt; none: they do not
 """
 
@@ -31,7 +40,8 @@ from itmatch.training.schema import Bool, Float, Int, Str
 
 PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
 RANK_MODES = (None, "sum", "max_violation")
-ADV_MODES = ("grl", "alternate")
+ADV_MODES = ("grl", "alternate", "wgan")
+ALIGN_KINDS = ("mmd", "coral", "centroid", "align_uniform")  # itmatch.losses_alignment.ALIGNMENT_KINDS
 ADV_SCHEDULES = ("constant", "dann")
 ADV_OBJECTIVES = ("uniform", "flip")
 SELECT_MODES = ("rsum", "none")
@@ -43,9 +53,32 @@ class Adversarial:
     lambda_: float = 0.1
     schedule: str = "constant"
     objective: str = "uniform"
+    label_smoothing: float = 0.0
+    d_steps: int = 1
+    reinit_every: int = 0
+    gp_weight: float = 10.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "lambda": self.lambda_, "schedule": self.schedule, "objective": self.objective}
+        d = {"mode": self.mode, "lambda": self.lambda_, "schedule": self.schedule, "objective": self.objective}
+        # Only the options that differ from their defaults: a run saved before they existed then
+        # has the same stage dictionary (resume compares them).
+        for key in ADV_OPTIONS:
+            if getattr(self, key) != getattr(Adversarial, key):
+                d[key] = getattr(self, key)
+        return d
+
+
+ADV_OPTIONS = ("label_smoothing", "d_steps", "reinit_every", "gp_weight")
+
+
+@dataclass(frozen=True)
+class Alignment:
+    kind: str
+    weight: float = 1.0
+    bandwidth: float = 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "weight": self.weight, "bandwidth": self.bandwidth}
 
 
 @dataclass(frozen=True)
@@ -57,6 +90,7 @@ class Stage:
     rank: str | None = None
     classifier: bool = False
     adversarial: Adversarial | None = None
+    align: Alignment | None = None
     lr_parts: dict[str, float] = field(default_factory=dict)
     lr_decay_epochs: int | None = None
     lr_decay_gamma: float = 0.1
@@ -73,20 +107,20 @@ class Stage:
     def trains_encoders(self) -> bool:
         return any(p in self.train for p in ("image", "backbone", "text", "text_backbone"))
 
-    @property
-    def trains_classifier(self) -> bool:
-        return "classifier" in self.train and (self.classifier or self.adversarial is not None)
-
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["train"] = list(self.train)
         d["adversarial"] = self.adversarial.to_dict() if self.adversarial else None
+        if self.align is None:
+            del d["align"]  # absent, as in runs saved before the key existed
+        else:
+            d["align"] = self.align.to_dict()
         return d
 
 
 _STAGE_KEYS = {
     "name", "epochs", "lr", "train", "rank", "classifier", "adversarial", "lr_parts",
-    "lr_decay_epochs", "lr_decay_gamma", "select",
+    "lr_decay_epochs", "lr_decay_gamma", "select", "align",
 }  # fmt: skip
 
 
@@ -114,7 +148,7 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         if not isinstance(raw["adversarial"], Mapping):
             raise ConfigError(f"{where}.adversarial: expected a mapping or null, got {raw['adversarial']!r}")
         a = dict(raw["adversarial"])
-        unknown = set(a) - {"mode", "lambda", "schedule", "objective"}
+        unknown = set(a) - {"mode", "lambda", "schedule", "objective", *ADV_OPTIONS}
         if unknown:
             raise ConfigError(f"{where}.adversarial: unknown key(s) {sorted(unknown)}")
         adversarial = Adversarial(
@@ -122,6 +156,10 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
             lambda_=Float(min=0)(a.get("lambda", 0.1), f"{where}.adversarial.lambda"),
             schedule=a.get("schedule", "constant"),
             objective=a.get("objective", "uniform"),
+            label_smoothing=Float(min=0, max=1, max_open=True)(a.get("label_smoothing", 0.0), f"{where}.adversarial.label_smoothing"),
+            d_steps=Int(min=1)(a.get("d_steps", 1), f"{where}.adversarial.d_steps"),
+            reinit_every=Int(min=0)(a.get("reinit_every", 0), f"{where}.adversarial.reinit_every"),
+            gp_weight=Float(min=0)(a.get("gp_weight", 10.0), f"{where}.adversarial.gp_weight"),
         )
         for value, allowed, key in (
             (adversarial.mode, ADV_MODES, "mode"),
@@ -130,6 +168,21 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         ):
             if value not in allowed:
                 raise ConfigError(f"{where}.adversarial.{key}: {value!r} is not one of {list(allowed)}")
+    align = None
+    if raw.get("align"):
+        if not isinstance(raw["align"], Mapping):
+            raise ConfigError(f"{where}.align: expected a mapping or null, got {raw['align']!r}")
+        g = dict(raw["align"])
+        unknown = set(g) - {"kind", "weight", "bandwidth"}
+        if unknown:
+            raise ConfigError(f"{where}.align: unknown key(s) {sorted(unknown)}; known: ['bandwidth', 'kind', 'weight']")
+        if g.get("kind") not in ALIGN_KINDS:
+            raise ConfigError(f"{where}.align.kind: {g.get('kind')!r} is not one of {list(ALIGN_KINDS)}")
+        align = Alignment(
+            kind=g["kind"],
+            weight=Float(min=0)(g.get("weight", 1.0), f"{where}.align.weight"),
+            bandwidth=Float(min=0, min_open=True)(g.get("bandwidth", 1.0), f"{where}.align.bandwidth"),
+        )
     lr_parts_raw = raw.get("lr_parts") or {}
     if not isinstance(lr_parts_raw, Mapping):
         raise ConfigError(f"{where}.lr_parts: expected a mapping of part -> learning rate, got {lr_parts_raw!r}")
@@ -145,6 +198,7 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         rank=rank,
         classifier=Bool()(raw.get("classifier", False), f"{where}.classifier"),
         adversarial=adversarial,
+        align=align,
         lr_parts=lr_parts,
         lr_decay_epochs=Int(min=1, nullable=True)(raw.get("lr_decay_epochs") or None, f"{where}.lr_decay_epochs"),
         lr_decay_gamma=Float(min=0, min_open=True)(raw.get("lr_decay_gamma", 0.1), f"{where}.lr_decay_gamma"),
@@ -167,6 +221,10 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         raise ConfigError(f"{where}: classifier: true needs 'classifier' in train")
     if stage.rank and not stage.trains_encoders:
         raise ConfigError(f"{where}: rank loss is on but no encoder part is in train")
+    if stage.align and (stage.rank is None or not stage.trains_encoders):
+        raise ConfigError(f"{where}: align is a penalty on the ranking objective: it needs rank and an encoder part in train")
+    if stage.adversarial and stage.adversarial.mode == "wgan" and stage.adversarial.label_smoothing:
+        raise ConfigError(f"{where}.adversarial.label_smoothing: the wgan critic has no labels to smooth")
     if stage.adversarial and not stage.trains_encoders:
         raise ConfigError(f"{where}: adversarial loss is on but no encoder part is in train")
     return stage

@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from itmatch.errors import ConfigError
-from itmatch.losses import (
-    classifier_loss,
-    confusion_loss,
-    modality_logits_and_labels,
-    triplet_ranking_loss,
+from itmatch.losses import confusion_loss, triplet_ranking_loss
+from itmatch.losses_alignment import (
+    alignment_penalty,
+    critic_loss,
+    gradient_penalty,
+    member_classifier_loss,
+    modality_labels,
 )
 from itmatch.models import JointModel, grad_reverse
 from itmatch.training.distributed import DistInfo, gather_no_grad, gather_with_grad, shard_sizes
@@ -46,6 +48,9 @@ class StepContext:
     encoders: nn.Module | None = None  # DDP-wrapped EncoderPair when distributed
     classifier: nn.Module | None = None  # DDP-wrapped classifier when distributed
     scaler: torch.amp.GradScaler | None = None  # fp16 only; one per run (its scale carries over stages)
+    # train_step calls in this stage (the context is built per stage); drives the adversary's
+    # re-initialisation every ``reinit_every`` steps. A resumed run counts from its resume point.
+    steps_done: int = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -117,8 +122,29 @@ def _clip_and_step(optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
 
 
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Correct modality predictions, as a tensor (no host sync; see ``classifier_accuracy``)."""
+    """Correct modality predictions, as a tensor (no host sync; see ``classifier_accuracy``).
+    For an ensemble, the members' mean logit decides."""
+    if logits.dim() == 2:
+        logits = logits.mean(dim=1)
     return ((logits.detach() > 0).to(labels.dtype) == labels).sum()
+
+
+def _member_logits(classifier: Callable, im: torch.Tensor, tx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every classifier member's logits (rows x members) for images then texts, and the labels."""
+    return classifier(torch.cat([im, tx], dim=0), all_members=True), modality_labels(im, tx)
+
+
+def _critic_scores(critic: Callable, im: torch.Tensor, tx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    scores = critic(torch.cat([im, tx], dim=0))
+    return scores[: im.size(0)], scores[im.size(0) :]
+
+
+def reinitialise_classifier(model: JointModel, optimizer: torch.optim.Optimizer | None) -> None:
+    """Fresh classifier weights, and no optimizer state (Adam's moments) left for them."""
+    model.classifier.reset_parameters()
+    if optimizer is not None:
+        for p in model.classifier.parameters():
+            optimizer.state.pop(p, None)
 
 
 def batch_shard_sizes(batch: dict[str, Any], dist: DistInfo) -> tuple[int, ...]:
@@ -164,9 +190,19 @@ def train_step(
     encoders: Callable = ctx.encoders if ctx.encoders is not None else model.encoders()
     classifier: Callable = ctx.classifier if ctx.classifier is not None else model.classifier
     adv = stage.adversarial
+    if adv is not None and adv.reinit_every and ctx.steps_done and ctx.steps_done % adv.reinit_every == 0:
+        # An encoder that fools one fixed classifier may stay separable to a fresh one: keep
+        # facing fresh ones (every classifier step below trains the new one on the true labels).
+        reinitialise_classifier(model, opt_d)
+    ctx.steps_done += 1
     encoders_learn = opt_enc is not None and (stage.rank is not None or adv is not None)
-    classifier_alone = opt_d is not None and (stage.classifier or (adv is not None and adv.mode == "alternate"))
-    if classifier_alone and encoders_learn and adv is not None and adv.mode == "grl":
+    classifier_alone = opt_d is not None and (stage.classifier or (adv is not None and adv.mode in ("alternate", "wgan")))
+    # Classifier-alone steps before the encoder step: d_steps of them in alternate/wgan modes,
+    # d_steps - 1 in grl (its joint step is the last classifier step).
+    d_steps = 1 if adv is None else (adv.d_steps if classifier_alone else adv.d_steps - 1)
+    smoothing = adv.label_smoothing if adv is not None else 0.0
+    wgan = adv is not None and adv.mode == "wgan"
+    if stage.classifier and encoders_learn and adv is not None and adv.mode == "grl":
         # parse_stage rejects this; a Stage built by hand must not step the classifier twice.
         raise ConfigError(f"stage {stage.name!r}: classifier: true cannot be combined with adversarial mode grl")
     # Every rank must split into the same number of micro-batches (each one is a collective).
@@ -192,25 +228,40 @@ def train_step(
         value = _full(value.detach())
         out[key] = out[key] + value if key in out else value
 
-    if classifier_alone:
+    if opt_d is not None and d_steps > 0 and (classifier_alone or (adv is not None and adv.mode == "grl")):
         # The classifier learns the true labels on detached embeddings: the encoders are untouched.
-        opt_d.zero_grad(set_to_none=True)
-        correct, total = None, 0
+        # The embeddings do not change between its steps, so they are computed once.
+        detached = []
         for c, chunk in enumerate(chunks):
-            with accumulating(c):
-                with torch.no_grad(), ctx.autocast():
-                    im, tx = model(chunk["images"], chunk["text"])
-                sizes = chunk_sizes[c]
-                im, tx = gather_no_grad(_full(im), ctx.dist, sizes), gather_no_grad(_full(tx), ctx.dist, sizes)
-                with ctx.autocast():
-                    logits, labels = modality_logits_and_labels(classifier, im, tx)
-                    d_loss = classifier_loss(_full(logits), labels)
-                _backward(d_loss, ctx)
-            add("d_loss", d_loss)
-            hits = _hits(logits, labels)
-            correct = hits if correct is None else correct + hits
-            total += len(labels)
-        _clip_and_step(opt_d, ctx)
+            with torch.no_grad(), ctx.autocast():
+                im, tx = model(chunk["images"], chunk["text"])
+            sizes = chunk_sizes[c]
+            detached.append((gather_no_grad(_full(im), ctx.dist, sizes), gather_no_grad(_full(tx), ctx.dist, sizes)))
+        for k in range(d_steps):
+            opt_d.zero_grad(set_to_none=True)
+            correct, total = None, 0
+            for c, (im, tx) in enumerate(detached):
+                with accumulating(c):
+                    if wgan:
+                        with ctx.autocast():
+                            f_im, f_tx = _critic_scores(classifier, im, tx)
+                        w_loss = critic_loss(_full(f_im), _full(f_tx))
+                        # batch row k is a pair (its image's features, its caption), so im and tx pair up
+                        d_loss = (w_loss + adv.gp_weight * gradient_penalty(classifier, im, tx)) * im.size(0)
+                        logits, labels = torch.cat([f_im, f_tx]), modality_labels(im, tx)
+                    else:
+                        with ctx.autocast():
+                            logits, labels = _member_logits(classifier, im, tx)
+                        d_loss = member_classifier_loss(_full(logits), labels, smoothing)
+                    _backward(d_loss, ctx)
+                if k == d_steps - 1:  # logged once per step, for the last classifier update
+                    add("d_loss", d_loss)
+                hits = _hits(logits, labels)
+                correct = hits if correct is None else correct + hits
+                total += len(labels)
+            _clip_and_step(opt_d, ctx)
+            if ctx.scaler is not None and (k < d_steps - 1 or (encoders_learn and adv is not None and adv.mode == "grl")):
+                ctx.scaler.update()  # the next step of the same optimizer unscales it again
         out["d_acc"] = correct * (100.0 / total)
 
     if encoders_learn:
@@ -229,22 +280,35 @@ def train_step(
                     rank = triplet_ranking_loss(im, tx, ctx.margin, stage.rank == "max_violation", image_ids=ids)
                     loss = loss + rank
                     add("rank_loss", rank)
+                if stage.align is not None:
+                    # A batch mean times the batch size: per pair, like the summed ranking loss.
+                    penalty = alignment_penalty(stage.align.kind, im, tx, stage.align.bandwidth) * im.size(0)
+                    loss = loss + stage.align.weight * penalty
+                    add("align_loss", penalty)
                 if adv is not None and adv.mode == "grl":
                     # One backward: the classifier descends L_D, the encoders get -lambda * dL_D.
                     with ctx.autocast():
-                        logits, labels = modality_logits_and_labels(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
-                    d_loss = classifier_loss(_full(logits), labels)
+                        logits, labels = _member_logits(classifier, grad_reverse(im, adv_lambda), grad_reverse(tx, adv_lambda))
+                    d_loss = member_classifier_loss(_full(logits), labels, smoothing)
                     loss = loss + d_loss
                     add("d_loss", d_loss)
                     hits = _hits(logits, labels)
                     correct = hits if correct is None else correct + hits
                     total += len(labels)
+                elif wgan:
+                    # The encoders minimise the critic's W1 estimate (mean f(image) - mean f(text)).
+                    with frozen(model.classifier), ctx.autocast():
+                        f_im, f_tx = _critic_scores(model.classifier, im, tx)
+                    w1 = -critic_loss(_full(f_im), _full(f_tx)) * im.size(0)
+                    loss = loss + adv_lambda * w1
+                    add("w1_estimate", w1)
                 elif adv is not None:
                     # Alternate mode: the encoders minimise the confusion objective against the
                     # classifier as it is now; no gradient reaches the classifier's parameters.
                     with frozen(model.classifier), ctx.autocast():
-                        logits, labels = modality_logits_and_labels(model.classifier, im, tx)
-                    conf = confusion_loss(_full(logits), labels, adv.objective)
+                        logits, labels = _member_logits(model.classifier, im, tx)
+                    # averaged over ensemble members, each a (rows,) confusion loss
+                    conf = sum(confusion_loss(_full(logits[:, j]), labels, adv.objective) for j in range(logits.size(1))) / logits.size(1)
                     loss = loss + adv_lambda * conf
                     add("confusion_loss", conf)
                 _backward(loss, ctx)

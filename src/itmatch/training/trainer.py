@@ -60,6 +60,10 @@ Logger = Callable[[dict[str, Any]], None]
 __all__ = ["pick_device", "train", "step_context"]  # pick_device lives in itmatch.device
 
 
+# Model keys that shape only the modality classifier (see --init-from in _train).
+CLASSIFIER_KEYS = frozenset({"classifier_hidden", "classifier_dropout", "classifier_members"})
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -318,11 +322,18 @@ def _train(
         # Compared with defaults filled in (a run saved before a model key existed still fits);
         # the backbone's weights file is not compared: the checkpoint holds the backbone.
         theirs, ours = resolve_model_config(source["config"]["model"]), resolve_model_config(cfg["model"])
+        # The modality classifier's shape may differ (an adversary of another capacity on the same
+        # encoders): then this run's classifier starts fresh and the encoders load alone.
         differ = sorted(k for k in theirs.keys() | ours.keys() if k != "backbone_weights" and theirs.get(k) != ours.get(k))
-        if differ:
-            detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differ)
+        encoders_differ = [k for k in differ if k not in CLASSIFIER_KEYS]
+        if encoders_differ:
+            detail = "; ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in encoders_differ)
             raise ItmatchError(f"--init-from {init_from}: its model config differs from this recipe's ({detail})")
-        model.load_state_dict(source["model"])
+        weights = source["model"]
+        if differ:
+            weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+            weights.update({f"classifier.{k}": v for k, v in model.classifier.state_dict().items()})
+        model.load_state_dict(weights)
     if main:  # on resume too: the settings a resume may change are the run's settings from now on
         atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(cfg, sort_keys=False))
     metrics_log = MetricsLog(run_dir / "metrics.jsonl", progress_state.global_step if resume else None) if main else None

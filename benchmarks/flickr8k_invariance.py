@@ -1,0 +1,244 @@
+"""Does modality invariance help matching? The adversary given every fair chance, on the converged
+frozen-MiniLM testbed of benchmarks/flickr8k_baseline.py (frozen all-MiniLM-L6-v2 sentence vectors
++ frozen EfficientNet-Lite0 features, d = 1024, batch 128, one thread).
+
+    .venv/bin/python benchmarks/flickr8k_invariance.py run VARIANT [--seed 0] [--data DIR]
+    .venv/bin/python benchmarks/flickr8k_invariance.py table    # markdown table of every run so far
+    .venv/bin/python benchmarks/flickr8k_invariance.py plot     # docs/invariance_tradeoff.png
+    .venv/bin/python benchmarks/flickr8k_invariance.py last [--seed S]  # row minilm_last (see score_last)
+
+Every ``inv_*`` variant starts from the converged baseline's best checkpoint of the same seed
+(variant ``minilm``: 1 warm-up + 29 hardest epochs) and runs the same 8 extra epochs as
+``minilm_adv`` (classifier 2 + adversarial 6) or, for the non-adversarial alignment penalties,
+the control's 6 extra epochs with the penalty added. ``minilm``, ``minilm_adv`` and
+``minilm_more`` (the control) are the rows of flickr8k_baseline.py, re-scored here from their run
+folders (same dev protocol: all 1,000 dev images); ``miie`` is the one-run recipe from scratch on
+the same testbed (1 + 29 baseline epochs, then the adversarial stages; select among the
+adversarial epochs only). Selection: the best held-out-train (500 images) validation rsum.
+
+Per run the results hold dev R@1/5/10 both ways, rsum, a fresh linear probe's accuracy,
+the centroid distance, MMD (RBF kernel, one fixed bandwidth sigma = 1.0 for the whole table:
+itmatch.evaluation.invariance.MMD_BANDWIDTH) and the trained classifier's own balanced dev
+accuracy. Results accumulate in benchmarks/results/flickr8k_invariance.json; runs live in
+/tmp/itmatch-f8k-baseline (the same folder as the baseline's, so its runs are reused).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+import flickr8k_baseline as fb
+
+from _common import REPO_ROOT, write_result
+
+MMD_BANDWIDTH = 1.0  # = itmatch.evaluation.invariance.MMD_BANDWIDTH, the kernel of every MMD here
+
+RESULT = "flickr8k_invariance"
+PLOT = REPO_ROOT / "docs" / "invariance_tradeoff.png"
+MINILM = fb.HOLDOUT + fb.MINILM
+# The one-run recipe on the testbed's schedule: the baseline's 1 + 29 epochs (lr / 10 after 15).
+MIIE_TESTBED = ["stages.hardest.epochs=29", "stages.hardest.lr_decay_epochs=15"]
+
+VARIANTS: dict[str, tuple[str, list[str], str]] = {
+    "minilm": fb.VARIANTS["minilm"],
+    "minilm_more": fb.VARIANTS["minilm_more"],
+    "minilm_adv": fb.VARIANTS["minilm_adv"],
+    "miie": ("miie", MINILM + MIIE_TESTBED, "the one-run miie recipe from scratch (1 + 29 baseline epochs, classifier 2, adversarial 6)"),
+}
+ADV = "stages.adversarial.adversarial"
+# name: (recipe, overrides, what it tests); all start from minilm's best checkpoint of the seed.
+VARIANTS.update({
+    "inv_linear": ("miie_adv", MINILM + ["model.classifier_hidden=[]"], "miie_adv, linear classifier"),
+    "inv_wide3": ("miie_adv", MINILM + ["model.classifier_hidden=[2048,1024,512]"], "miie_adv, 3 hidden layers, wider (2048-1024-512)"),
+    "inv_drop_ls": ("miie_adv", MINILM + ["model.classifier_dropout=0.3", f"{ADV}.label_smoothing=0.2"], "miie_adv, classifier dropout 0.3 + label smoothing 0.2"),
+    # A classifier step of the default D (1024-512-256) costs about as much as the encoder step on
+    # this testbed, so the many-step and many-member variants use a cheaper D (one hidden layer of 256).
+    "inv_k3": ("miie_adv", MINILM + ["model.classifier_hidden=[256]", f"{ADV}.d_steps=3"], "miie_adv, D 1024-256, 3 classifier steps per encoder step"),
+    "inv_reinit": ("miie_adv", MINILM + [f"{ADV}.reinit_every=100"], "miie_adv, classifier re-initialised every 100 steps (~2 per epoch)"),
+    "inv_ens3": ("miie_adv", MINILM + ["model.classifier_hidden=[256]", "model.classifier_members=3"], "miie_adv, ensemble of 3 classifiers (1024-256 each)"),
+    "inv_lam1": ("miie_adv", MINILM + [f"{ADV}.lambda=1.0"], "miie_adv, lambda 1 (DANN ramp)"),
+    "inv_lam001": ("miie_adv", MINILM + [f"{ADV}.lambda=0.01", f"{ADV}.schedule=constant"], "miie_adv, lambda 0.01 constant"),
+    "inv_lam03c": ("miie_adv", MINILM + [f"{ADV}.lambda=0.3", f"{ADV}.schedule=constant"], "miie_adv, lambda 0.3 constant"),
+    "inv_alt_uniform": ("miie_adv", MINILM + [f"{ADV}.mode=alternate", f"{ADV}.objective=uniform"], "alternating, uniform confusion target, lambda 0.1 DANN"),
+    "inv_alt_flip": ("miie_adv", MINILM + [f"{ADV}.mode=alternate", f"{ADV}.objective=flip"], "alternating, flipped labels (GAN), lambda 0.1 DANN"),
+    "inv_wgan": ("miie_adv_wgan", MINILM + ["model.classifier_hidden=[256]", "stages.*.adversarial.d_steps=2"], "Wasserstein critic 1024-256 + gradient penalty 10, 2 critic steps, lambda 0.1 DANN"),
+    "inv_mmd": ("vsepp_more_align", MINILM, "control + MMD penalty (sigma 1, weight 10 per pair)"),
+    "inv_coral": ("vsepp_more_align", MINILM + ["stages.more.align.kind=coral", "stages.more.align.weight=1.0e7"], "control + CORAL penalty (weight 1e7 per pair)"),
+    "inv_centroid": ("vsepp_more_align", MINILM + ["stages.more.align.kind=centroid", "stages.more.align.weight=3.0"], "control + centroid penalty (weight 3 per pair)"),
+    "inv_align_unif": ("vsepp_more_align", MINILM + ["stages.more.align.kind=align_uniform", "stages.more.align.weight=0.1"], "control + Wang & Isola alignment + uniformity (weight 0.1 per pair)"),
+})  # fmt: skip
+BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie")}
+
+
+def classifier_dev_accuracy(run_dir: Path, data: Path, checkpoint: str = "best") -> float:
+    """The trained modality classifier's own balanced accuracy (%) on the dev embeddings (for
+    the wgan critic: the share on the right side of 0, which its arbitrary offset makes meaningless)."""
+    import torch
+
+    from itmatch.data import load_corpus
+    from itmatch.inference import Matcher
+    from itmatch.losses import classifier_accuracy
+    from itmatch.models.classifier import ModalityClassifier
+
+    matcher = Matcher.from_run(run_dir, checkpoint)
+    im, tx = matcher.embed_corpus(load_corpus("flickr8k", str(data), "dev"))
+    clf, dev = matcher.model.classifier, matcher.device
+    with torch.no_grad():
+        return 0.5 * (
+            classifier_accuracy(clf(im.to(dev)), torch.full((len(im),), ModalityClassifier.IMAGE, device=dev))
+            + classifier_accuracy(clf(tx.to(dev)), torch.full((len(tx),), ModalityClassifier.TEXT, device=dev))
+        )
+
+
+def _save(key: str, entry: dict[str, Any]) -> None:
+    results = fb.load_results(RESULT).get("runs", {})
+    results[key] = entry
+    payload = {"mmd_bandwidth": MMD_BANDWIDTH, "split": "dev, all 1,000 images", "plateau_delta_rsum": fb.PLATEAU_DELTA,
+               "runs": dict(sorted(results.items()))}  # fmt: skip
+    write_result(RESULT, payload)
+
+
+def run(variant: str, seed: int, data: Path) -> dict[str, Any]:
+    entry = fb.run(variant, seed, data, VARIANTS, BASE, RESULT)
+    entry["dev_metrics"]["classifier_acc"] = classifier_dev_accuracy(Path(entry["run_dir"]), data)
+    _save(f"{variant}-seed{seed}", entry)
+    return entry
+
+
+def score_last(seed: int, data: Path) -> dict[str, Any]:
+    """Row ``minilm_last``: the baseline run's *last* epoch (30 of 30) on dev, the one-run control
+    of ``miie``, whose adversarial stages start from that epoch (not from the selected best)."""
+    from itmatch.data import load_corpus
+    from itmatch.inference import Matcher
+
+    run_dir = fb.RUNS / f"minilm-seed{seed}"
+    im, tx = Matcher.from_run(run_dir, "last").embed_corpus(load_corpus("flickr8k", str(data), "dev"))
+    metrics = fb.dev_scores(im, tx)
+    metrics["classifier_acc"] = classifier_dev_accuracy(run_dir, data, "last")
+    curve = fb.curve_of(run_dir)
+    entry = {"variant": "minilm_last", "about": "minilm's last epoch (30), no selection: what miie's adversarial stages start from",
+             "seed": seed, "dev_metrics": metrics, "selected": {"stage": curve[-1]["stage"], "val_rsum": curve[-1]["val_rsum"]},
+             "epochs": len(curve), "curve": curve, "run_dir": str(run_dir), "checkpoint": "last"}  # fmt: skip
+    _save(f"minilm_last-seed{seed}", entry)
+    return entry
+
+
+def import_baseline_rows() -> list[str]:
+    """Copy the ``minilm``, ``minilm_more`` and ``minilm_adv`` runs from results/flickr8k_baseline.json
+    (same runs, same dev scoring: flickr8k_baseline.dev_scores) instead of scoring them again. Their
+    ``classifier_acc`` stays absent: minilm and minilm_more never train the classifier, and
+    minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
+    copied = []
+    for key, entry in fb.load_results(fb.RESULT).get("runs", {}).items():
+        if entry["variant"] in ("minilm", "minilm_more", "minilm_adv") and key not in fb.load_results(RESULT).get("runs", {}):
+            _save(key, {**entry, "scored_by": "flickr8k_baseline.py (copied)"})
+            copied.append(key)
+    return copied
+
+
+COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc", "centroid_dist", "mmd", "classifier_acc")
+MARKED = {"minilm": "baseline", "minilm_more": "control (+6 epochs, ranking only)"}
+
+
+def by_variant() -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for entry in fb.load_results(RESULT).get("runs", {}).values():
+        out.setdefault(entry["variant"], []).append(entry)
+    return out
+
+
+def summary() -> dict[str, dict[str, Any]]:
+    """Per variant: seeds, and mean / sample standard deviation over seeds of every column and of
+    the selection score (held-out-train validation rsum)."""
+    out = {}
+    for name, entries in by_variant().items():
+        row: dict[str, Any] = {"seeds": sorted(e["seed"] for e in entries), "about": entries[0]["about"]}
+        for col in (*COLUMNS, "val_rsum"):
+            values = [e["selected"]["val_rsum"] if col == "val_rsum" else e["dev_metrics"].get(col) for e in entries]
+            values = [v for v in values if v is not None]
+            if values:
+                row[col] = {"mean": statistics.mean(values), "sd": statistics.stdev(values) if len(values) > 1 else None}
+        out[name] = row
+    return out
+
+
+def table() -> str:
+    rows = summary()
+    digits = {"centroid_dist": 3, "mmd": 4}
+    head = "| variant | seeds | val rsum | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for name, row in sorted(rows.items(), key=lambda kv: -kv[1]["rsum"]["mean"]):
+        cells = []
+        for col in ("val_rsum", *COLUMNS):
+            if col not in row:
+                cells.append("-")
+                continue
+            d = digits.get(col, 1)
+            m, sd = row[col]["mean"], row[col]["sd"]
+            cells.append(f"{m:.{d}f}" + (f" ± {sd:.{d}f}" if sd is not None else ""))
+        lines.append(f"| {name} | {len(row['seeds'])} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot() -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_variant()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, col, label in ((axes[0], "probe_acc", "fresh linear probe accuracy (%)"), (axes[1], "centroid_dist", "centroid distance")):
+        for name, entries in sorted(groups.items()):
+            xs = [e["dev_metrics"][col] for e in entries]
+            ys = [e["dev_metrics"]["rsum"] for e in entries]
+            if name in MARKED:
+                ax.scatter(xs, ys, s=120, marker="*" if name == "minilm" else "D", zorder=3, label=MARKED[name], edgecolor="k")
+            else:
+                ax.scatter(xs, ys, s=30, alpha=0.8, label=name)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        if col == "probe_acc":
+            ax.axvline(60, color="grey", ls="--", lw=1)
+            ax.text(60.5, ax.get_ylim()[0] + 2, "probe 60%", color="grey", fontsize=8)
+    axes[0].set_ylabel("dev rsum (1K images)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Flickr8k, frozen-MiniLM testbed: matching quality against modality invariance (one point per variant and seed)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110, bbox_inches="tight")
+    return PLOT
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("variant", choices=sorted(VARIANTS))
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--data", type=Path, default=fb.DEFAULT_DATA)
+    last = sub.add_parser("last", help="score the baseline runs' last epoch (row minilm_last)")
+    last.add_argument("--seed", type=int, default=0)
+    last.add_argument("--data", type=Path, default=fb.DEFAULT_DATA)
+    sub.add_parser("import-baseline", help="copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json")
+    sub.add_parser("table")
+    sub.add_parser("plot")
+    args = ap.parse_args()
+    if args.command == "run":
+        run(args.variant, args.seed, args.data)
+    elif args.command == "last":
+        score_last(args.seed, args.data)
+    elif args.command == "import-baseline":
+        print(import_baseline_rows())
+    elif args.command == "table":
+        print(table())
+    else:
+        print(plot())
+
+
+if __name__ == "__main__":
+    main()
