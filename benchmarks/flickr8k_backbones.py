@@ -2,6 +2,7 @@
 cheap Flickr8k testbed (frozen MiniLM sentence vectors + frozen pooled image features).
 
     .venv/bin/python benchmarks/flickr8k_backbones.py extract BACKBONE [--data DIR]   # speed + full cache
+    .venv/bin/python benchmarks/flickr8k_backbones.py speed    # all backbones in alternation, 64 photos x 3
     .venv/bin/python benchmarks/flickr8k_backbones.py run VARIANT [--seed 0] [--data DIR]
     .venv/bin/python benchmarks/flickr8k_backbones.py table    # markdown table (dev figures + cost)
     .venv/bin/python benchmarks/flickr8k_backbones.py plot     # -> results/flickr8k_backbones_curves.png
@@ -66,8 +67,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 BACKBONE_OF = {"minilm_lite0": "efficientnet_lite0", "minilm_lite1": "efficientnet_lite1", "minilm_lite2": "efficientnet_lite2"}
 
 
+HEADER = ("name", "date", "command", "git", "machine")  # written by write_result itself
+
+
 def _load() -> dict[str, Any]:
-    return base.load_results(RESULT)
+    return {k: v for k, v in base.load_results(RESULT).items() if k not in HEADER}
 
 
 def _save(payload: dict[str, Any]) -> None:
@@ -126,39 +130,98 @@ def extract(backbone: str, data: Path, speed_only: bool = False) -> dict[str, An
     return entry
 
 
-def run(variant: str, seed: int, data: Path) -> dict[str, Any]:
-    extraction = _load().get("extraction", {})
-    entry = base.run(variant, seed, data, VARIANTS, {}, RESULT)
-    # base.run rewrites the file with its runs only: put the extraction timings back.
+def speed(data: Path, images: int = 64, rounds: int = 3) -> dict[str, Any]:
+    """Images/s of every backbone measured in alternation (rounds x backbones, the order rotated
+    each round), so that a load change on the shared machine hits all of them alike: per round,
+    decode + resize + crop of ``images`` train photos, then one forward pass of that batch (one
+    thread). Reports each backbone's median over the rounds."""
+    import torch
+
+    from itmatch.data import load_corpus
+    from itmatch.features.backbones import backbone_spec, get_backbone
+
+    torch.set_num_threads(1)
+    train = load_corpus("flickr8k", str(data), "train")
+    paths = [Path(train.image_root) / i for i in train.image_ids[:images]]
+    names = list(BACKBONES)
+    models = {name: get_backbone(name) for name in names}
+    times: dict[str, dict[str, list[float]]] = {n: {"decode": [], "forward": []} for n in names}
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            spec = backbone_spec(name)
+            transform = spec.transform(BACKBONES[name])
+            start = time.perf_counter()
+            batch = torch.stack([transform(p) for p in paths])
+            mid = time.perf_counter()
+            with torch.inference_mode():
+                models[name](batch)
+            end = time.perf_counter()
+            times[name]["decode"].append(mid - start)
+            times[name]["forward"].append(end - mid)
+    out: dict[str, Any] = {"images": images, "rounds": rounds, "threads": 1, "backbones": {}}
+    for name in names:
+        dec, fwd = statistics.median(times[name]["decode"]), statistics.median(times[name]["forward"])
+        out["backbones"][name] = {
+            "image_size": BACKBONES[name],
+            "decode_s_per_image": round(dec / images, 4),
+            "forward_s_per_image": round(fwd / images, 4),
+            "images_per_s": round(images / (dec + fwd), 2),
+            "forward_images_per_s": round(images / fwd, 2),
+            "round_seconds": {k: [round(t, 2) for t in v] for k, v in times[name].items()},
+        }
+    lite0 = out["backbones"]["efficientnet_lite0"]["images_per_s"]
+    for name in names:
+        out["backbones"][name]["cost_vs_lite0"] = round(lite0 / out["backbones"][name]["images_per_s"], 2)
     results = _load()
-    results["extraction"] = extraction
+    results["speed_interleaved"] = out
     _save(results)
+    print(json.dumps({n: {k: v for k, v in b.items() if k != "round_seconds"} for n, b in out["backbones"].items()}))
+    return out
+
+
+def run(variant: str, seed: int, data: Path) -> dict[str, Any]:
+    kept = {k: v for k, v in _load().items() if k in ("extraction", "speed_interleaved")}
+    entry = base.run(variant, seed, data, VARIANTS, {}, RESULT)
+    # base.run rewrites the file with its runs only: put the timings back.
+    _save(_load() | kept)
     return entry
 
 
 def table() -> str:
-    """base.table plus the cost columns, and each larger backbone against Lite0."""
+    """base.table plus the cost of each backbone, and what each larger one gains over Lite0 per
+    extra second of extraction (per 1,000 photos; the interleaved timing where there is one)."""
     results = _load()
     runs, extraction = results.get("runs", {}), results.get("extraction", {})
-    lines = [base.table(RESULT), ""]
-    lines.append("| variant | backbone | px | extraction images/s (300 photos) | s per 1,000 photos | "
-                 "dev rsum vs Lite0 | extra extraction s per 1,000 photos | rsum per extra s/1,000 |")  # fmt: skip
-    lines.append("|---|---|---|---|---|---|---|---|")
+    interleaved = results.get("speed_interleaved", {}).get("backbones", {})
     by_variant: dict[str, list[float]] = {}
     for entry in runs.values():
         by_variant.setdefault(entry["variant"], []).append(entry["dev_metrics"]["rsum"])
     rsum = {k: statistics.mean(v) for k, v in by_variant.items()}
-    lite0 = extraction.get("efficientnet_lite0")
+
+    def per_1000(backbone: str) -> float | None:
+        if backbone in interleaved:
+            return 1000 / interleaved[backbone]["images_per_s"]
+        if backbone in extraction:
+            return 1000 / extraction[backbone]["speed_images_per_s"]
+        return None
+
+    lines = [base.table(RESULT), ""]
+    lines.append("| variant | backbone | px | images/s (300 photos, in turn) | images/s (interleaved) | "
+                 "extraction s per 1,000 photos | dev rsum vs Lite0 | extra s per 1,000 photos | "
+                 "rsum gained per extra s/1,000 |")  # fmt: skip
+    lines.append("|---|---|---|---|---|---|---|---|---|")
+    base_cost = per_1000("efficientnet_lite0")
     for variant in VARIANTS:
         backbone = BACKBONE_OF[variant]
-        ex = extraction.get(backbone)
-        if ex is None or variant not in rsum:
+        cost = per_1000(backbone)
+        if cost is None or variant not in rsum:
             continue
-        per_k = 1000 / ex["speed_images_per_s"]
-        cells = [variant, backbone, str(ex["image_size"]), f"{ex['speed_images_per_s']:.1f}", f"{per_k:.0f}"]
-        if lite0 is not None and "minilm_lite0" in rsum and variant != "minilm_lite0":
-            gain = rsum[variant] - rsum["minilm_lite0"]
-            extra = per_k - 1000 / lite0["speed_images_per_s"]
+        seq = extraction.get(backbone, {}).get("speed_images_per_s")
+        inter = interleaved.get(backbone, {}).get("images_per_s")
+        cells = [variant, backbone, str(BACKBONES[backbone]), f"{seq:.2f}" if seq else "-",
+                 f"{inter:.2f}" if inter else "-", f"{cost:.0f}"]  # fmt: skip
+        if base_cost is not None and "minilm_lite0" in rsum and variant != "minilm_lite0":
+            gain, extra = rsum[variant] - rsum["minilm_lite0"], cost - base_cost
             cells += [f"{gain:+.1f}", f"{extra:.0f}", f"{gain / extra:+.3f}" if extra > 0 else "n/a"]
         else:
             cells += ["-", "-", "-"]
@@ -185,6 +248,15 @@ def main() -> None:
         ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
         args = ap.parse_args(sys.argv[2:])
         run(args.variant, args.seed, args.data)
+    elif len(sys.argv) > 1 and sys.argv[1] == "speed":
+        import argparse
+
+        ap = argparse.ArgumentParser(prog="flickr8k_backbones.py speed")
+        ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
+        ap.add_argument("--images", type=int, default=64)
+        ap.add_argument("--rounds", type=int, default=3)
+        args = ap.parse_args(sys.argv[2:])
+        speed(args.data, args.images, args.rounds)
     elif len(sys.argv) > 1 and sys.argv[1] == "table":
         print(table())
     else:
