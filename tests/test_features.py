@@ -153,7 +153,7 @@ def test_train_transform_is_random_but_seedable_and_eval_is_deterministic():
 
 
 def test_registry_and_missing_torchvision(monkeypatch):
-    assert list_backbones() == ["efficientnet_lite0", "resnet152", "vgg19"]
+    assert list_backbones() == ["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2", "resnet152", "vgg19"]
     assert backbone_spec("vgg19").feature_dim == 4096 and backbone_spec("resnet152").feature_dim == 2048
     with pytest.raises(ItmatchError, match="unknown backbone 'alexnet'.*efficientnet_lite0"):
         get_backbone("alexnet")

