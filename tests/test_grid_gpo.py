@@ -259,3 +259,12 @@ def test_training_the_grid_gpo_encoder_through_the_trainer(tmp_path):
     assert isinstance(matcher.model.image_encoder, GridImageEncoder)
     state = matcher.model.image_encoder.state_dict()
     assert "pool.gru.weight_ih_l0" in state and "mlp.0.weight" in state
+    # Scoring a split reads its grids from the store; photos go through the backbone's feature
+    # map: the same embeddings, up to the float16 rounding of the stored cells.
+    from itmatch.data import load_corpus
+
+    dev = load_corpus("flickr8k", str(data), "dev")
+    im, tx = matcher.embed_corpus(dev)
+    assert im.shape == (6, 16) and tx.shape == (30, 16)
+    from_photos = matcher.embed_images(dev.image_paths())
+    torch.testing.assert_close(from_photos, im, rtol=0, atol=5e-3)
