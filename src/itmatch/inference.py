@@ -18,6 +18,7 @@ from itmatch.data import Corpus
 from itmatch.errors import ItmatchError
 from itmatch.fileio import file_sha256
 from itmatch.models import JointModel, build_model
+from itmatch.models.joint import uses_grid_features
 from itmatch.models.text_processing import TextProcessor, make_text_processor
 
 
@@ -112,7 +113,8 @@ class Matcher:
 
     @torch.no_grad()
     def embed_features(self, features: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-        """Embeddings of precomputed CNN features (N x D) -> N x d (model without a backbone)."""
+        """Embeddings of precomputed CNN features (N x D, or N x cells x D grids for a model with
+        ``model.image_pool: gpo``) -> N x d (model without a backbone)."""
         feats = torch.as_tensor(np.asarray(features, dtype=np.float32))
         out = [self.model.encode_images(feats[i : i + batch_size].to(self.device)).cpu() for i in range(0, len(feats), batch_size)]
         return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
@@ -135,6 +137,8 @@ class Matcher:
             name, weights = self.config["data"]["feature_backbone"], self.config["data"].get("feature_weights")
             weights = require_weights(name, weights, "data.feature_weights")
             self._feature_backbone = get_backbone(name, weights).to(self.device).eval()
+        if uses_grid_features(self.config["model"]):  # a GPO image encoder reads the grid cells
+            return self._feature_backbone.feature_map(pixels).flatten(2).transpose(1, 2)
         return self._feature_backbone(pixels)
 
     @torch.no_grad()
@@ -171,5 +175,6 @@ class Matcher:
         else:
             from itmatch.features.corpus import corpus_features
 
-            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress, device=self.device))
+            grid = uses_grid_features(self.config["model"])
+            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress, device=self.device, grid=grid))
         return images, self.embed_texts(corpus.flat_captions())

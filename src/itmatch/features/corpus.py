@@ -33,14 +33,23 @@ def corpus_features(
     data_cfg: dict[str, Any],
     progress: bool | Callable[[int, int], None] = False,
     device: torch.device | str | None = None,
+    grid: bool = False,
 ) -> np.ndarray:
     """Image features (N x D float32) for a corpus, in its image order.
 
     Precomp corpora carry their features. Otherwise ``data.features`` is either ``auto`` (extract
     with ``data.feature_backbone`` on ``device`` (None: auto), cached: a second call with the same
     images does no work) or the folder of an ``itmatch extract`` output.
+
+    ``grid``: the backbone's grid features instead (N x cells x D, float16 as stored: half the
+    memory; the grid encoder casts each batch), from a grid feature store.
     """
     if corpus.features is not None:
+        if grid:
+            raise ConfigError(
+                f"model.image_pool: gpo needs grid features, but {corpus.name}/{corpus.split} carries pooled "
+                "precomputed features only; use a data format with an image folder, or model.image_pool: mean"
+            )
         return np.array(corpus.features, dtype=np.float32)  # a writable in-memory copy of the memmap
     from itmatch.features.extract import FeatureStore, extract_features
 
@@ -64,9 +73,19 @@ def corpus_features(
             progress=progress,
             image_size=int(data_cfg.get("image_size", 224)),
             device=pick_device(device),
+            grid=grid,
         )
     else:
         store = FeatureStore.open(Path(source))
+        if grid and store.grid is None:
+            raise ConfigError(
+                f"data.features={source}: a pooled feature store, but model.image_pool: gpo reads grid features "
+                "(itmatch.features.extract_features(..., grid=True), or data.features: auto)"
+            )
+        if not grid and store.grid is not None:
+            return store.lookup_pooled(corpus.image_ids)
+    if grid:
+        return np.asarray(store.array[store.rows(corpus.image_ids)])
     return np.array(store.lookup(corpus.image_ids), dtype=np.float32)
 
 

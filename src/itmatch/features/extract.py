@@ -8,6 +8,13 @@ On disk, one folder per cache key (backbone, weights file hash, preprocessing, i
                         per-image [file size, mtime_ns], rows, feature_dim, complete flag
         done.npy        bool N, which rows are computed (only while the store is incomplete)
 
+A *grid* store (``grid=True``) keeps the backbone's last feature map instead of its pooled vector:
+``features.npy`` is float16 N x C x D (C = the H x W grid cells in row-major order, D channels),
+and the sidecar adds ``"grid": [H, W]``. Its cache key carries ``"output": "grid"``, so it lives in
+its own folder (``...-grid-<key12>``) and never collides with the pooled store of the same backbone;
+the pooled feature of an image is the mean over its cells (``FeatureStore.lookup_pooled``), up to
+float16 rounding.
+
 Rows are the unique image ids in the order first requested; ids requested later are appended.
 A row is valid while its image file keeps the size and mtime recorded for it; a changed file is
 recomputed. Work is persisted batch by batch (rows written into the preallocated memmap and
@@ -57,15 +64,35 @@ ProgressCallback = Callable[[int, int], Any]
 # cache key and location
 
 
-def cache_key(backbone: str = "efficientnet_lite0", weights: str | Path | None = None, image_size: int = 224) -> dict[str, Any]:
+def cache_key(
+    backbone: str = "efficientnet_lite0", weights: str | Path | None = None, image_size: int = 224, grid: bool = False
+) -> dict[str, Any]:
     """Everything the features depend on, as plain data (hashed into the store's folder name)."""
     spec = backbone_spec(backbone)
-    return {
+    key: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "backbone": spec.name,
         "weights": weights_identity(backbone, weights),
         "preprocessing": spec.transform(image_size).spec(),
     }
+    if grid:  # only grid keys carry the field, so pooled stores keep the folder they always had
+        key["output"] = "grid"
+    return key
+
+
+def grid_shape(backbone: str, image_size: int) -> tuple[int, int]:
+    """H x W of ``backbone``'s last feature map at ``image_size`` px (stride 32, "same" padding:
+    7 x 7 at 224 px); ItmatchError for a backbone without a grid output."""
+    backbone_spec(backbone)
+    if not backbone.startswith("efficientnet_lite"):
+        raise ItmatchError(f"grid features are only available for EfficientNet-Lite backbones, not {backbone!r}")
+    side = -(-image_size // 32)
+    return side, side
+
+
+def _folder_name(backbone: str, image_size: int, key: dict[str, Any]) -> str:
+    grid = "-grid" if key.get("output") == "grid" else ""
+    return f"{backbone}-{image_size}px{grid}-{_key_hash(key)[:12]}"
 
 
 def _key_hash(key: dict[str, Any]) -> str:
@@ -73,11 +100,15 @@ def _key_hash(key: dict[str, Any]) -> str:
 
 
 def store_path(
-    out_dir: str | Path, backbone: str = "efficientnet_lite0", weights: str | Path | None = None, image_size: int = 224
+    out_dir: str | Path,
+    backbone: str = "efficientnet_lite0",
+    weights: str | Path | None = None,
+    image_size: int = 224,
+    grid: bool = False,
 ) -> Path:
     """The folder :func:`extract_features` uses for these settings (it may not exist yet)."""
-    key = cache_key(backbone, weights, image_size)
-    return Path(out_dir) / f"{backbone}-{image_size}px-{_key_hash(key)[:12]}"
+    key = cache_key(backbone, weights, image_size, grid)
+    return Path(out_dir) / _folder_name(backbone, image_size, key)
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,8 +118,8 @@ def store_path(
 class FeatureStore:
     """Read access to an extracted feature folder.
 
-    ``array`` is the N x D float32 memmap (rows = ``image_ids``); :meth:`lookup` gathers rows
-    by image id. ``cached`` is True when :func:`extract_features` returned it without computing
+    ``array`` is the N x D float32 memmap (rows = ``image_ids``), or for a grid store the
+    N x C x D float16 one (``grid`` = (H, W), C = H * W); :meth:`lookup` gathers rows by image id. ``cached`` is True when :func:`extract_features` returned it without computing
     anything, ``computed`` the number of images it computed; ``notes`` lists remarks (e.g. a
     discarded inconsistent store).
     """
@@ -124,6 +155,12 @@ class FeatureStore:
         return str(self.meta["backbone"])
 
     @property
+    def grid(self) -> tuple[int, int] | None:
+        """(H, W) of a grid store's feature map; None for a pooled store."""
+        shape = self.meta.get("grid")
+        return None if shape is None else (int(shape[0]), int(shape[1]))
+
+    @property
     def complete(self) -> bool:
         return bool(self.meta["complete"])
 
@@ -155,8 +192,16 @@ class FeatureStore:
         return np.asarray(rows, dtype=np.int64)
 
     def lookup(self, image_ids: Sequence[str]) -> np.ndarray:
-        """Features of ``image_ids`` in that order, as a new float32 len(image_ids) x D array."""
+        """Features of ``image_ids`` in that order, as a new float32 len(image_ids) x D array
+        (len(image_ids) x C x D for a grid store)."""
         return np.asarray(self.array[self.rows(image_ids)], dtype=np.float32)
+
+    def lookup_pooled(self, image_ids: Sequence[str]) -> np.ndarray:
+        """The pooled (global average) feature of ``image_ids``, len x D float32, from either kind
+        of store: a grid store averages its cells (in float32), which is what the backbone's
+        pooled output is, up to the float16 rounding of the stored cells."""
+        features = self.lookup(image_ids)
+        return features.mean(axis=1) if self.grid is not None else features
 
     def __repr__(self) -> str:
         state = "complete" if self.complete else "incomplete"
@@ -179,8 +224,11 @@ def _read_store(folder: Path) -> FeatureStore | str:
         if len(meta["image_ids"]) != rows or len(meta["files"]) != rows:
             return f"{sidecar}: image_ids/files do not have {rows} entries"
         array = np.load(folder / ARRAY_FILE, mmap_mode="r")
-        if array.shape != (rows, dim) or array.dtype != np.float32:
-            return f"{folder / ARRAY_FILE} is {array.dtype} {array.shape}, the sidecar says float32 ({rows}, {dim})"
+        grid = meta.get("grid")
+        shape = (rows, dim) if grid is None else (rows, int(grid[0]) * int(grid[1]), dim)
+        dtype = np.dtype(np.float32 if grid is None else np.float16)
+        if array.shape != shape or array.dtype != dtype:
+            return f"{folder / ARRAY_FILE} is {array.dtype} {array.shape}, the sidecar says {dtype} {shape}"
         done = None
         if not meta["complete"]:
             done = np.load(folder / DONE_FILE)
@@ -226,8 +274,12 @@ def extract_features(
     image_size: int = 224,
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
+    grid: bool = False,
 ) -> FeatureStore:
     """Extract (or reuse) features of ``image_root/<id>`` for every id; returns the store.
+
+    ``grid``: store the backbone's last feature map (float16, one D-vector per grid cell) in its
+    own store instead of the pooled vector (see the module docstring).
 
     Only images without a valid cached row are computed: nothing at all (and no model is
     loaded) when every image is cached and unchanged. ``progress``: False (silent), True (a tqdm
@@ -247,8 +299,9 @@ def extract_features(
     ids = list(dict.fromkeys(str(i) for i in image_ids))
     if not ids:
         raise ItmatchError("no image ids to extract features for")
-    key = cache_key(backbone, weights, image_size)
-    folder = Path(out_dir) / f"{backbone}-{image_size}px-{_key_hash(key)[:12]}"
+    cells = grid_shape(backbone, image_size) if grid else None
+    key = cache_key(backbone, weights, image_size, grid)
+    folder = Path(out_dir) / _folder_name(backbone, image_size, key)
 
     stats: dict[str, list[int]] = {}
     failures: dict[str, str] = {}
@@ -281,7 +334,7 @@ def extract_features(
         if store is not None and store.meta.get("key") != key:
             notes.append(f"discarded a store with a different cache key in {folder}")
             store = None
-        array, done, meta = _prepare(folder, store, ids, stats, key, spec.feature_dim, root, weights, backbone)
+        array, done, meta = _prepare(folder, store, ids, stats, key, spec.feature_dim, root, weights, backbone, cells)
         todo = [row for row, image_id in enumerate(meta["image_ids"]) if image_id in stats and not done[row]]
         # Record the stats of the files about to be computed, after their rows are cleared on disk.
         for row in todo:
@@ -336,6 +389,7 @@ def _prepare(
     root: Path,
     weights: str | Path | None,
     backbone: str,
+    cells: tuple[int, int] | None = None,
 ) -> tuple[np.memmap, np.ndarray, dict[str, Any]]:
     """Open (or create, or grow) the store's array and done mask; invalidates changed rows."""
     old_ids = store.image_ids if store is not None else []
@@ -348,7 +402,7 @@ def _prepare(
         "key": key,
         "backbone": key["backbone"],
         "feature_dim": dim,
-        "dtype": "float32",
+        "dtype": "float32" if cells is None else "float16",
         "weights": {"identity": key["weights"], "path": None if weights_path is None else str(weights_path)},
         "preprocessing": key["preprocessing"],
         "image_root": str(root.resolve()),
@@ -357,6 +411,8 @@ def _prepare(
         "files": (list(store.meta["files"]) if store is not None else []) + [[-1, -1]] * len(new_ids),
         "complete": False,
     }
+    if cells is not None:
+        meta["grid"] = list(cells)
     if store is not None:
         done = np.ones(len(old_ids), dtype=bool) if store._done is None else np.array(store._done, dtype=bool)
     else:
@@ -372,7 +428,11 @@ def _prepare(
         return array, done, meta
     # Create (or grow) the array in a temporary file, then swap it in.
     tmp = folder / (ARRAY_FILE + ".tmp")
-    array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(meta["rows"], dim))
+    if cells is None:
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(meta["rows"], dim))
+    else:
+        shape = (meta["rows"], cells[0] * cells[1], dim)
+        array = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
     _reserve(tmp)
     if store is not None:
         for start in range(0, len(old_ids), 65536):
@@ -418,6 +478,7 @@ def _run(
         num_threads = default_num_threads(num_workers)
     with _threads(num_threads), _progress(progress, len(todo)) as report:
         model = get_backbone(backbone, weights).to(device).eval()
+        forward = _grid_forward(model) if meta.get("grid") is not None else model
         chunk = batch_size
         if device.type == "cpu":
             model = model.to(memory_format=torch.channels_last)
@@ -433,7 +494,7 @@ def _run(
                     batch = _good_rows_on(images, good, device)
                     if device.type == "cpu":
                         batch = batch.contiguous(memory_format=torch.channels_last)
-                    feats = torch.cat([model(part) for part in batch.split(chunk)]).float().cpu().numpy()
+                    feats = torch.cat([forward(part) for part in batch.split(chunk)]).float().cpu().numpy()
                     good_rows = rows[good].numpy()
                     array[good_rows] = feats
                     array.flush()
@@ -443,6 +504,16 @@ def _run(
                 seen += len(rows)
                 report(seen, len(todo))
     return computed, failures
+
+
+def _grid_forward(model: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """N x C x D cells (row-major over H x W) of the backbone's last feature map."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        fmap = model.feature_map(x)  # type: ignore[operator]  # N x D x H x W
+        return fmap.flatten(2).transpose(1, 2)
+
+    return forward
 
 
 def _good_rows_on(images: torch.Tensor, good: torch.Tensor, device: torch.device) -> torch.Tensor:

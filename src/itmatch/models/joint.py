@@ -10,7 +10,7 @@ from torch import nn
 
 from itmatch.errors import ConfigError
 from itmatch.models.classifier import ModalityClassifier
-from itmatch.models.encoders import GRUTextEncoder, ImageEncoder
+from itmatch.models.encoders import GridImageEncoder, GRUTextEncoder, ImageEncoder
 
 MODEL_DEFAULTS: dict[str, Any] = {
     "embed_dim": 1024,
@@ -22,13 +22,28 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "classifier_members": 1,  # > 1: an ensemble of that many classifiers (the adversary fights them all)
     "backbone": None,  # None: precomputed features; a backbone name: raw images, backbone in the model
     "backbone_weights": None,  # the backbone's weights file; None: built-in (efficientnet_lite0 only)
+    # mean: the backbone's pooled feature, one linear projection (VSE++); gpo: its grid features,
+    # every cell projected and pooled by GPO (VSE-infinity), read from a grid feature store
+    "image_pool": "mean",
+    "feature_drop": 0.2,  # image_pool gpo: fraction of grid vectors left out per image in training
+    # null: the text encoder's own pooling (GRU: its last state; MiniLM: the mean of its token
+    # states); gpo: GPO over the GRU's per-token states (GRU only, so far)
+    "text_pool": None,
 }
+
+
+def uses_grid_features(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether a model config's image encoder reads grid features (B x cells x D) rather than pooled ones."""
+    return model_cfg.get("image_pool", "mean") == "gpo"
+
 
 
 class JointModel(nn.Module):
     """Image encoder + text encoder into one L2-normalised space, plus the modality classifier."""
 
-    def __init__(self, image_encoder: ImageEncoder, text_encoder: nn.Module, classifier: ModalityClassifier):
+    def __init__(
+        self, image_encoder: ImageEncoder | GridImageEncoder, text_encoder: nn.Module, classifier: ModalityClassifier
+    ):
         super().__init__()
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -100,6 +115,15 @@ def build_model(
     cfg = resolve_model_config(cfg)
     d = int(cfg["embed_dim"])
     backbone = None
+    if cfg["image_pool"] not in ("mean", "gpo"):
+        raise ConfigError(f"model.image_pool: unknown pooling {cfg['image_pool']!r}; known: 'mean', 'gpo'")
+    if cfg["text_pool"] not in (None, "gpo"):
+        raise ConfigError(f"model.text_pool: unknown pooling {cfg['text_pool']!r}; known: null, 'gpo'")
+    if uses_grid_features(cfg) and cfg["backbone"]:
+        raise ConfigError(
+            "model.image_pool: gpo reads precomputed grid features; it cannot be combined with model.backbone "
+            f"({cfg['backbone']!r}) yet: set model.backbone: null"
+        )
     if cfg["backbone"]:
         from itmatch.features.backbones import get_backbone, require_weights
 
@@ -110,11 +134,18 @@ def build_model(
         feature_dim = int(backbone.feature_dim)
     if feature_dim is None:
         raise ConfigError("build_model: feature_dim is required when model.backbone is not set")
-    image_encoder = ImageEncoder(feature_dim, d, backbone=backbone)
+    if uses_grid_features(cfg):
+        image_encoder: ImageEncoder | GridImageEncoder = GridImageEncoder(feature_dim, d, float(cfg["feature_drop"]))
+    else:
+        image_encoder = ImageEncoder(feature_dim, d, backbone=backbone)
     kind = cfg["text_encoder"]
     if kind == "gru":
-        text_encoder: nn.Module = GRUTextEncoder(vocab_size, cfg["word_dim"], d, cfg["gru_layers"])
+        text_encoder: nn.Module = GRUTextEncoder(
+            vocab_size, cfg["word_dim"], d, cfg["gru_layers"], cfg["text_pool"] or "last"
+        )
     elif kind == "minilm":
+        if cfg["text_pool"] is not None:
+            raise ConfigError("model.text_pool: gpo is implemented for the GRU text encoder only (text_encoder: gru)")
         from itmatch.models.minilm import MiniLMTextEncoder
 
         text_encoder = MiniLMTextEncoder(embed_dim=d)

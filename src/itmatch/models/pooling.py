@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -41,10 +42,27 @@ def sorted_weighted_pool(
     valid = torch.arange(k, device=features.device).unsqueeze(0) < lengths.to(features.device).unsqueeze(1)
     # Padding sorts after every real value; its weight is forced to 0, so its value never counts.
     filled = features.masked_fill(~valid.unsqueeze(-1), float("-inf"))
-    ranked = filled.sort(dim=1, descending=True).values
+    ranked = filled.gather(1, descending_order(filled))
     ranked = ranked.masked_fill(~valid.unsqueeze(-1), 0.0)
     w = weights.masked_fill(~valid, 0.0)
     return (ranked * w.unsqueeze(-1)).sum(dim=1)
+
+
+def descending_order(x: torch.Tensor) -> torch.Tensor:
+    """Indices that sort ``x`` (B x K x D) along dim 1, largest first (``x.sort(1, True).indices``
+    up to the order of ties, which never changes the sorted values).
+
+    On CPU, NumPy's argsort over contiguous rows is used: torch's CPU sort of many short rows
+    (131k sets of 40 values for a batch of 128 grids at d = 1024) measured 0.88 s per call on one
+    thread against 0.17 s for this (benchmarks/results/flickr8k_gpo.json, profile), and the
+    sort was most of a GPO image encoder's training step. Only indices are computed here (no
+    gradient flows through an order); the values are gathered by the caller, differentiably.
+    """
+    if x.device.type != "cpu":
+        return x.sort(dim=1, descending=True).indices
+    keys = (-x.detach()).float().transpose(1, 2).contiguous().numpy()  # -inf padding becomes +inf: last
+    order = np.argsort(keys, axis=-1)
+    return torch.from_numpy(order).transpose(1, 2)
 
 
 class GPO(nn.Module):

@@ -93,6 +93,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "classifier_members": Int(min=1),
         "backbone": Str(nullable=True),
         "backbone_weights": FilePath(),
+        "image_pool": Choice(("mean", "gpo")),
+        "feature_drop": Float(min=0, max=1, max_open=True),
+        "text_pool": Choice((None, "gpo")),
     },
     "loss": {"margin": Float(min=0)},
     "training": {

@@ -380,10 +380,13 @@ def training_data(
     val_captions = processor.encode(val_corpus.flat_captions())
     backbone = cfg["model"].get("backbone")
     if not backbone:
-        train_feats = torch.from_numpy(corpus_features(train_corpus, data_cfg, progress=progress, device=device))
-        val_feats = torch.from_numpy(corpus_features(val_corpus, data_cfg, progress=progress, device=device))
+        from itmatch.models.joint import uses_grid_features
+
+        grid = uses_grid_features(cfg["model"])  # N x cells x D grids for a GPO image encoder
+        train_feats = torch.from_numpy(corpus_features(train_corpus, data_cfg, progress=progress, device=device, grid=grid))
+        val_feats = torch.from_numpy(corpus_features(val_corpus, data_cfg, progress=progress, device=device, grid=grid))
         pairs = PairBatches(train_feats, train_captions, processor.collate, batch_size)
-        return TrainingData(pairs, val_feats, val_captions, int(train_feats.shape[1]), int(tcfg["eval_batch_size"]))
+        return TrainingData(pairs, val_feats, val_captions, int(train_feats.shape[-1]), int(tcfg["eval_batch_size"]))
 
     from itmatch.features.backbones import ensure_available
 
