@@ -569,7 +569,7 @@ def test_feature_extraction_in_training_and_embedding_uses_the_run_device(tmp_pa
 
     asked = []
 
-    def features_spy(corpus, data_cfg, progress=False, device=None):
+    def features_spy(corpus, data_cfg, progress=False, device=None, grid=False):
         asked.append(device)
         raise Stop
 

@@ -175,6 +175,7 @@ class Matcher:
         else:
             from itmatch.features.corpus import corpus_features
 
-            grid = uses_grid_features(self.config["model"])
-            images = self.embed_features(corpus_features(corpus, self.config["data"], progress=progress, device=self.device, grid=grid))
+            grid = uses_grid_features(self.config.get("model", {}))
+            features = corpus_features(corpus, self.config["data"], progress=progress, device=self.device, grid=grid)
+            images = self.embed_features(features)
         return images, self.embed_texts(corpus.flat_captions())

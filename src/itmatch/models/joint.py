@@ -37,7 +37,6 @@ def uses_grid_features(model_cfg: Mapping[str, Any]) -> bool:
     return model_cfg.get("image_pool", "mean") == "gpo"
 
 
-
 class JointModel(nn.Module):
     """Image encoder + text encoder into one L2-normalised space, plus the modality classifier."""
 
