@@ -105,7 +105,7 @@ def fake_lite0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     state[key] = state[key] + 1e-3
     path = tmp_path / "efficientnet-lite0-other.pth"
     torch.save(state, path)
-    monkeypatch.setattr(backbones, "default_lite0_weights", lambda: path)
+    monkeypatch.setattr(backbones, "default_lite_weights", lambda name: path)
     return path
 
 

