@@ -19,7 +19,8 @@ from itmatch.errors import ImageReadError, ItmatchError
 from itmatch.features import extract as extract_mod
 from itmatch.features import get_backbone
 from itmatch.features.backbones import backbone_spec
-from itmatch.features.extract import FeatureStore, extract_features, store_path
+from itmatch.features.extract import extract_features
+from itmatch.features.store import FeatureStore, exclusive, store_path
 
 SIZE = 32  # tiny crops keep the real EfficientNet-Lite0 fast
 
@@ -198,7 +199,7 @@ def test_bad_images_are_all_reported_and_good_ones_kept(photos, tmp_path, counte
 def test_locked_and_damaged_stores(photos, tmp_path):
     root, ids = photos
     folder = store_path(tmp_path / "feats", image_size=SIZE)
-    with extract_mod._exclusive(folder):
+    with exclusive(folder):
         with pytest.raises(ItmatchError, match="being written by another extraction"):
             _extract(root, ids[:2], tmp_path / "feats")
     _extract(root, ids[:2], tmp_path / "feats")

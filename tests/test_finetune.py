@@ -308,7 +308,7 @@ def test_optional_backbone_that_is_not_installed_names_the_extra(tmp_path, photo
 
 def test_backbone_weights_file_feeds_the_model_and_its_feature_cache(tmp_path, photos):
     from itmatch.features.backbones import get_backbone
-    from itmatch.features.extract import FeatureStore
+    from itmatch.features.store import FeatureStore
     from itmatch.fileio import file_sha256
     from itmatch.models import build_model
 

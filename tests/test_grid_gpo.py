@@ -15,7 +15,8 @@ from PIL import Image
 from itmatch.errors import ConfigError
 from itmatch.features import get_backbone
 from itmatch.features.backbones import backbone_spec
-from itmatch.features.extract import FeatureStore, cache_key, extract_features, grid_shape, store_path
+from itmatch.features.extract import extract_features
+from itmatch.features.store import FeatureStore, cache_key, grid_shape, store_path
 from itmatch.models import build_model
 from itmatch.models.encoders import GridImageEncoder, GRUTextEncoder, drop_set_members, l2_normalize
 from itmatch.models.pooling import GPO, descending_order

@@ -51,7 +51,8 @@ def corpus_features(
                 "precomputed features only; use a data format with an image folder, or model.image_pool: mean"
             )
         return np.array(corpus.features, dtype=np.float32)  # a writable in-memory copy of the memmap
-    from itmatch.features.extract import FeatureStore, extract_features
+    from itmatch.features.extract import extract_features
+    from itmatch.features.store import FeatureStore
 
     source = data_cfg.get("features") or "auto"
     if source == "none":

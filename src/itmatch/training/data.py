@@ -429,7 +429,7 @@ def training_data(
 
 def _check_store_fits(folder: Path, backbone: str, weights: str | None, image_size: int) -> None:
     """A ``data.features`` folder must hold features of the model's own backbone, weights and preprocessing."""
-    from itmatch.features.extract import FeatureStore, cache_key
+    from itmatch.features.store import FeatureStore, cache_key
 
     store = FeatureStore.open(folder)
     if store.meta.get("key") != cache_key(backbone, weights, image_size):
