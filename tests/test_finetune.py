@@ -24,7 +24,8 @@ from itmatch.errors import ItmatchError
 from itmatch.features.backbones import backbone_spec
 from itmatch.inference import Matcher
 from itmatch.training.config import load_config
-from itmatch.training.data import TRAIN_CROP_SCALE, train_val_corpora, training_data
+from itmatch.training.data import train_val_corpora, training_data
+from itmatch.training.photos import TRAIN_CROP_SCALE
 from itmatch.training.trainer import train
 
 SIZE = 32

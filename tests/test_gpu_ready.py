@@ -620,7 +620,7 @@ def test_validation_decodes_photos_in_workers_and_checks_the_backbone_once(tmp_p
 
     from itmatch.data import load_corpus
     from itmatch.features.backbones import backbone_spec
-    from itmatch.training.data import PhotoImages, _BackboneState
+    from itmatch.training.photos import PhotoImages, _BackboneState
 
     data = write_flickr8k(tmp_path / "f8k", n_train=4, n_dev=6)
     corpus = load_corpus("flickr8k", data, "dev")
