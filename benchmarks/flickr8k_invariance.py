@@ -190,6 +190,8 @@ def plot() -> Path:
 
     groups = by_variant()
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    others = sorted(name for name in groups if name not in MARKED)
+    colours = plt.get_cmap("tab20")  # one colour per variant: the default cycle repeats after 10
     for ax, col, label in ((axes[0], "probe_acc", "fresh linear probe accuracy (%)"), (axes[1], "centroid_dist", "centroid distance")):
         for name, entries in sorted(groups.items()):
             xs = [e["dev_metrics"][col] for e in entries]
@@ -197,7 +199,9 @@ def plot() -> Path:
             if name in MARKED:
                 ax.scatter(xs, ys, s=120, marker="*" if name == "minilm" else "D", zorder=3, label=MARKED[name], edgecolor="k")
             else:
-                ax.scatter(xs, ys, s=30, alpha=0.8, label=name)
+                penalty = VARIANTS.get(name, ("",))[0] == "vsepp_more_align"  # triangles: no adversary
+                ax.scatter(xs, ys, s=36, alpha=0.85, label=name, marker="^" if penalty else "o",
+                           color=colours(others.index(name) % 20))  # fmt: skip
         ax.set_xlabel(label)
         ax.grid(alpha=0.3)
         if col == "probe_acc":
