@@ -73,3 +73,24 @@ TINY_MODEL = ["model.embed_dim=32", "model.word_dim=16", "training.batch_size=32
 
 def tiny_overrides(data: Path, *extra: str) -> list[str]:
     return ["data.format=precomp", f"data.path={data}", "data.val_split=dev", *TINY_MODEL, *extra]
+
+
+@pytest.fixture(scope="session")
+def built_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """itmatch's wheel, built once per test session from a copy of the sources (building writes
+    build/ and egg-info next to them); the tests that read it share it."""
+    import shutil
+    import subprocess
+    import sys
+
+    pytest.importorskip("setuptools")
+    root = Path(__file__).resolve().parents[1]
+    tmp = tmp_path_factory.mktemp("wheel")
+    source = tmp / "source"
+    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(tmp)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp)
+    (wheel,) = tmp.glob("itmatch-*.whl")
+    return wheel

@@ -173,26 +173,16 @@ def test_config_errors_are_clear(tmp_path):
         load_config(write_recipe(tmp_path, bad))
 
 
-def test_named_recipes_ship_inside_the_wheel(tmp_path):
+def test_named_recipes_ship_inside_the_wheel(built_wheel):
     """An installed itmatch (not a source checkout) must find ``--config vsepp``: the recipes are
     package data, and the repository's ``configs/`` is the same folder."""
-    pytest.importorskip("setuptools")
-    import shutil
-    import subprocess
-    import sys
     import zipfile
 
     from itmatch.training.config import CONFIG_DIR
 
     root = Path(__file__).resolve().parents[1]
     assert (root / "configs").resolve() == CONFIG_DIR
-    source = tmp_path / "source"  # a copy: building writes build/ and egg-info next to the sources
-    shutil.copytree(root / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(root / name, source / name)
-    cmd = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", str(source), "-w", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=tmp_path)
-    (wheel,) = tmp_path.glob("itmatch-*.whl")
+    wheel = built_wheel
     shipped = {Path(n).name for n in zipfile.ZipFile(wheel).namelist() if n.startswith("itmatch/configs/")}
     assert shipped == {p.name for p in CONFIG_DIR.glob("*.yaml")}
     assert {"vsepp.yaml", "miie.yaml", "finetune.yaml", "vsepp_minilm.yaml"} <= shipped
