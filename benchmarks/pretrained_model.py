@@ -19,7 +19,7 @@ folder (``Matcher.from_pretrained("itmatch-f8k")``), one thread:
    index, or with --all-photos over a cold index of all 7,000 Flickr8k photos (also timed).
 
 Writes benchmarks/results/pretrained_model.json and the model's card.json. The dev photos'
-features are computed here from the photos with the installed EfficientNet-Lite0 (whose digest
+features are computed here from the photos with the installed image backbone (whose digest
 the model checks when it loads), not read from a feature cache.
 """
 
@@ -90,7 +90,7 @@ def pick_run(runs: list[Path]) -> tuple[Path, list[dict]]:
 
 def dev_features(matcher: Matcher, data: Path) -> tuple[object, torch.Tensor]:
     """The dev corpus and its photos' backbone features, computed here from the photos (the
-    model's own preprocessing and the installed EfficientNet-Lite0, as ``embed_images`` does),
+    model's own preprocessing and its installed image backbone, as ``embed_images`` does),
     once for every model scored on them."""
     from itmatch.features.backbones import get_backbone, require_weights
 
@@ -122,8 +122,8 @@ def timed_build(matcher: Matcher, images: Path, index_dir: Path, what: str) -> d
     return {"photos": what, "indexed": built.photos, "photos_embedded": built.embedded, "unreadable": built.unreadable,
             "seconds": round(seconds, 1), "photos_per_second": round(built.embedded / seconds, 2),
             "load_average_after": load_average(),
-            "note": "cold, photos only: decode + resize + EfficientNet-Lite0 + projection, batch 32, one thread, "
-                    "in this process"}  # fmt: skip
+            "note": f"cold, photos only: decode + resize + {matcher.config['data']['feature_backbone']} + projection, "
+                    "batch 32, one thread, in this process"}  # fmt: skip
 
 
 def reference_captions(data: Path) -> dict[str, list[str]]:

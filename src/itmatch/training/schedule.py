@@ -8,6 +8,8 @@ A stage (one entry of a recipe's ``stages`` list)::
     lr_parts: {backbone: 1e-6} # ... unless overridden per part
     lr_decay_epochs: 5         # multiply by lr_decay_gamma every N epochs of this stage (null: never)
     lr_decay_gamma: 0.1
+    lr_schedule: step          # step (lr_decay_* above, per epoch) | cosine (per step, to 0 at the stage's end)
+    lr_warmup_steps: 0         # linear warm-up over the stage's first N steps (either schedule)
     train: [image, text, classifier]   # parts: image, backbone, text, text_backbone, classifier
     rank: max_violation        # null | sum | max_violation
     classifier: false          # train the modality classifier on true labels (encoders frozen or not;
@@ -31,6 +33,7 @@ A stage (one entry of a recipe's ``stages`` list)::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -45,6 +48,7 @@ ALIGN_KINDS = ("mmd", "coral", "centroid", "align_uniform")  # itmatch.losses_al
 ADV_SCHEDULES = ("constant", "dann")
 ADV_OBJECTIVES = ("uniform", "flip")
 SELECT_MODES = ("rsum", "none")
+LR_SCHEDULES = ("step", "cosine")
 
 
 @dataclass(frozen=True)
@@ -95,12 +99,31 @@ class Stage:
     lr_decay_epochs: int | None = None
     lr_decay_gamma: float = 0.1
     select: str = "rsum"
+    lr_schedule: str = "step"
+    lr_warmup_steps: int = 0
 
-    def lr_for(self, part: str, epoch: int) -> float:
-        """Learning rate of ``part`` in epoch ``epoch`` (0-based, within this stage)."""
+    @property
+    def per_step_lr(self) -> bool:
+        """Whether the learning rate changes inside an epoch (cosine decay or a warm-up)."""
+        return self.lr_schedule == "cosine" or self.lr_warmup_steps > 0
+
+    def lr_for(self, part: str, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
+        """Learning rate of ``part`` at step ``step`` of epoch ``epoch`` (both 0-based, within
+        this stage, whose epochs have ``steps_per_epoch`` steps each).
+
+        ``step`` schedule: the part's rate times ``lr_decay_gamma`` per ``lr_decay_epochs`` done.
+        ``cosine``: the part's rate times (1 + cos(pi t / T)) / 2 at step t of the stage's T.
+        A warm-up then scales the first ``lr_warmup_steps`` steps by (t + 1) / warm-up steps.
+        """
         lr = self.lr_parts.get(part, self.lr)
-        if self.lr_decay_epochs:
+        t = epoch * steps_per_epoch + step
+        if self.lr_schedule == "cosine":
+            total = max(1, self.epochs * steps_per_epoch)
+            lr *= 0.5 * (1.0 + math.cos(math.pi * min(t, total) / total))
+        elif self.lr_decay_epochs:
             lr *= self.lr_decay_gamma ** (epoch // self.lr_decay_epochs)
+        if t < self.lr_warmup_steps:
+            lr *= (t + 1) / self.lr_warmup_steps
         return lr
 
     @property
@@ -115,12 +138,15 @@ class Stage:
             del d["align"]  # absent, as in runs saved before the key existed
         else:
             d["align"] = self.align.to_dict()
+        for key, default in (("lr_schedule", "step"), ("lr_warmup_steps", 0)):
+            if d[key] == default:
+                del d[key]  # absent, as in runs saved before the keys existed
         return d
 
 
 _STAGE_KEYS = {
     "name", "epochs", "lr", "train", "rank", "classifier", "adversarial", "lr_parts",
-    "lr_decay_epochs", "lr_decay_gamma", "select", "align",
+    "lr_decay_epochs", "lr_decay_gamma", "select", "align", "lr_schedule", "lr_warmup_steps",
 }  # fmt: skip
 
 
@@ -203,7 +229,13 @@ def parse_stage(raw: Mapping[str, Any], where: str) -> Stage:
         lr_decay_epochs=Int(min=1, nullable=True)(raw.get("lr_decay_epochs") or None, f"{where}.lr_decay_epochs"),
         lr_decay_gamma=Float(min=0, min_open=True)(raw.get("lr_decay_gamma", 0.1), f"{where}.lr_decay_gamma"),
         select=str(raw.get("select", "rsum")),
+        lr_schedule=str(raw.get("lr_schedule", "step")),
+        lr_warmup_steps=Int(min=0)(raw.get("lr_warmup_steps", 0), f"{where}.lr_warmup_steps"),
     )
+    if stage.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"{where}.lr_schedule: {stage.lr_schedule!r} is not one of {list(LR_SCHEDULES)}")
+    if stage.lr_schedule == "cosine" and stage.lr_decay_epochs:
+        raise ConfigError(f"{where}: lr_decay_epochs is the step schedule's; drop it or use lr_schedule: step")
     if stage.epochs < 0:
         raise ConfigError(f"{where}.epochs must be >= 0")
     if stage.select not in SELECT_MODES:

@@ -114,10 +114,12 @@ def make_optimizers(model: JointModel, stage: Stage, epoch: int) -> dict[str, to
     return {key: torch.optim.Adam(g) for key, g in groups.items() if g}
 
 
-def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], stage: Stage, epoch: int) -> None:
+def set_learning_rates(
+    optimizers: dict[str, torch.optim.Optimizer], stage: Stage, epoch: int, step: int = 0, steps_per_epoch: int = 1
+) -> None:
     for opt in optimizers.values():
         for group in opt.param_groups:
-            group["lr"] = stage.lr_for(group["part"], epoch)
+            group["lr"] = stage.lr_for(group["part"], epoch, step, steps_per_epoch)
 
 
 @torch.no_grad()
@@ -381,12 +383,12 @@ def _train(
         if state is not None and state.get("optimizer_stage") == stage_index:
             for key, opt in optimizers.items():
                 opt.load_state_dict(state["optimizers"][key])
-            set_learning_rates(optimizers, stage, progress_state.epoch)
+            set_learning_rates(optimizers, stage, progress_state.epoch, progress_state.step, len(pairs))
         state = None  # only the first resumed stage restores optimizer state
         ctx = step_context(model, cfg, info, device, scaler=scaler)
         steps_per_epoch = len(pairs)
         for epoch in range(progress_state.epoch, stage.epochs):
-            set_learning_rates(optimizers, stage, epoch)
+            set_learning_rates(optimizers, stage, epoch, progress_state.step, steps_per_epoch)
             batches = pairs.epoch(epoch_seed(seed, stage_index, epoch), progress_state.step, info.rank, info.world_size)
             bar = _bar(progress, steps_per_epoch, progress_state.step, f"{stage.name} {epoch + 1}/{stage.epochs}")
             epoch_start = time.time()
@@ -396,6 +398,8 @@ def _train(
                     # PairBatches yields shards of a global batch; their sizes need no exchange.
                     batch["shard_sizes"] = global_shard_sizes(_global_rows(batch, step, pairs), info.world_size)
                 done = (epoch * steps_per_epoch + step) / max(1, stage.epochs * steps_per_epoch)
+                if stage.per_step_lr:
+                    set_learning_rates(optimizers, stage, epoch, step, steps_per_epoch)
                 adv_lambda = 0.0
                 if stage.adversarial is not None:
                     a = stage.adversarial
