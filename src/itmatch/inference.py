@@ -19,7 +19,12 @@ from itmatch.errors import ItmatchError
 from itmatch.fileio import file_sha256
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import uses_grid_features
-from itmatch.models.text_processing import TextProcessor, make_text_processor
+from itmatch.models.text_processing import (
+    CPU_TEXT_BATCH,
+    TextProcessor,
+    encode_by_length,
+    make_text_processor,
+)
 
 
 def checkpoint_path(run: str | Path, checkpoint: str = "best") -> Path:
@@ -103,13 +108,12 @@ class Matcher:
         return int(self.config["model"]["embed_dim"])
 
     @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+    def embed_texts(self, texts: Sequence[str], batch_size: int = CPU_TEXT_BATCH) -> torch.Tensor:
         """L2-normalised joint-space embeddings of sentences (len(texts) x d, on the CPU)."""
-        out = []
-        for i in range(0, len(texts), batch_size):
-            batch = self.processor(list(texts[i : i + batch_size]))
-            out.append(self.model.encode_texts({k: v.to(self.device) for k, v in batch.items()}).cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.embed_dim)
+        if not texts:
+            return torch.zeros(0, self.embed_dim)
+        encoded = self.processor.encode(list(texts))
+        return encode_by_length(encoded, self.processor.collate, self.model.encode_texts, batch_size, self.device)
 
     @torch.no_grad()
     def embed_features(self, features: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

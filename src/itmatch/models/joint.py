@@ -29,6 +29,11 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # null: the text encoder's own pooling (GRU: its last state; MiniLM: the mean of its token
     # states); gpo: GPO over the GRU's per-token states (GRU only, so far)
     "text_pool": None,
+    # MiniLM: how many of its top transformer layers form the part text_backbone (null: all of
+    # it); its embeddings and the layers below form the part text_base, frozen unless a stage
+    # trains it. Fine-tuning only the top layers costs less, and a model exported from such a run
+    # ships only those layers (itmatch.pretrained).
+    "text_tune_layers": None,
 }
 
 
@@ -66,17 +71,20 @@ class JointModel(nn.Module):
         """Parameters by trainable part (every parameter belongs to exactly one part).
 
         ``backbone``: the image CNN when the model has one; ``text_backbone``: a pretrained text
-        encoder's transformer (MiniLM), so its projection (part ``text``) can train alone.
+        encoder's transformer (MiniLM), so its projection (part ``text``) can train alone, or
+        with ``model.text_tune_layers: k`` its top k layers only, the rest being ``text_base``.
         """
         backbone = self.image_encoder.backbone
         backbone_ids = {id(p) for p in backbone.parameters()} if backbone is not None else set()
         text_backbone = getattr(self.text_encoder, "backbone", None)
         text_backbone_ids = {id(p) for p in text_backbone.parameters()} if text_backbone is not None else set()
+        tuned, base = self.text_encoder.backbone_parts() if text_backbone is not None else ([], [])
         return {
             "image": [p for p in self.image_encoder.parameters() if id(p) not in backbone_ids],
             "backbone": list(backbone.parameters()) if backbone is not None else [],
             "text": [p for p in self.text_encoder.parameters() if id(p) not in text_backbone_ids],
-            "text_backbone": list(text_backbone.parameters()) if text_backbone is not None else [],
+            "text_backbone": tuned,
+            "text_base": base,
             "classifier": list(self.classifier.parameters()),
         }
 
@@ -147,8 +155,10 @@ def build_model(
             raise ConfigError("model.text_pool: gpo is implemented for the GRU text encoder only (text_encoder: gru)")
         from itmatch.models.minilm import MiniLMTextEncoder
 
-        text_encoder = MiniLMTextEncoder(embed_dim=d)
+        text_encoder = MiniLMTextEncoder(embed_dim=d, tune_layers=cfg["text_tune_layers"])
     else:
         raise ConfigError(f"model.text_encoder: unknown encoder {kind!r}; known: 'gru', 'minilm'")
+    if cfg["text_tune_layers"] is not None and kind != "minilm":
+        raise ConfigError("model.text_tune_layers: only the MiniLM text encoder has transformer layers (text_encoder: minilm)")
     classifier = ModalityClassifier(d, cfg["classifier_hidden"], cfg["classifier_dropout"], int(cfg["classifier_members"]))
     return JointModel(image_encoder, text_encoder, classifier)

@@ -8,6 +8,8 @@ then applies a linear projection to the joint space and L2-normalises again.
 Trainable parts (see :meth:`itmatch.models.JointModel.parts`): the transformer is
 ``text_encoder.backbone`` (part ``text_backbone``), the projection ``text_encoder.fc`` (part
 ``text``), so a stage can train the projection alone on the frozen sentence encoder, or both.
+With ``tune_layers = k`` (``model.text_tune_layers``) part ``text_backbone`` is the top k
+transformer layers only and the embeddings and lower layers are part ``text_base``.
 
 While every transformer parameter is frozen, the transformer runs in evaluation mode (no
 dropout) and its sentence embeddings are memoised per caption (a frozen encoder gives a caption
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from itmatch.errors import ItmatchError
+from itmatch.errors import ConfigError, ItmatchError
 from itmatch.models.encoders import l2_normalize
 
 SENTENCE_DIM = 384
@@ -127,10 +129,18 @@ class MiniLMTextEncoder(nn.Module):
     """all-MiniLM-L6-v2 sentence embedding (mean pooling, L2 norm) -> linear projection -> L2 norm."""
 
     def __init__(
-        self, embed_dim: int = 1024, model_path: str | Path | None = None, memoize_frozen: bool = True
+        self,
+        embed_dim: int = 1024,
+        model_path: str | Path | None = None,
+        memoize_frozen: bool = True,
+        tune_layers: int | None = None,
     ):
         super().__init__()
         self.backbone = load_minilm(model_path)
+        layers = len(self.backbone.encoder.layer)
+        if tune_layers is not None and not 1 <= tune_layers <= layers:
+            raise ConfigError(f"model.text_tune_layers: expected 1 to {layers} (the transformer's layers) or null, got {tune_layers}")
+        self.tune_layers = tune_layers
         self.fc = nn.Linear(SENTENCE_DIM, embed_dim)
         r = math.sqrt(6.0) / math.sqrt(SENTENCE_DIM + embed_dim)  # as the image projection (VSE++)
         nn.init.uniform_(self.fc.weight, -r, r)
@@ -138,6 +148,15 @@ class MiniLMTextEncoder(nn.Module):
         self.memoize_frozen = memoize_frozen
         self._memo: dict[bytes, torch.Tensor] = {}
         self._memo_key: tuple | None = None
+
+    def backbone_parts(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """The transformer's parameters as (tuned, base): its top ``tune_layers`` layers and the
+        rest (embeddings, lower layers); with ``tune_layers`` None, all of it and nothing."""
+        if self.tune_layers is None:
+            return list(self.backbone.parameters()), []
+        tuned = [p for layer in self.backbone.encoder.layer[-self.tune_layers :] for p in layer.parameters()]
+        ids = {id(p) for p in tuned}
+        return tuned, [p for p in self.backbone.parameters() if id(p) not in ids]
 
     def backbone_frozen(self) -> bool:
         return not any(p.requires_grad for p in self.backbone.parameters())

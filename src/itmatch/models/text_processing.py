@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -34,6 +34,38 @@ class VocabTextProcessor:
 
     def __call__(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         return self.collate(self.encode(texts))
+
+
+# Sentences per batch when embedding on a CPU: MiniLM over 1,024 Flickr8k captions in length
+# order, one thread, took 4.4-4.9 s at 16-64 per batch, 5.2 s at 128 and 8.9 s at 512 (larger
+# batches leave the caches); a GPU wants the evaluation batch size instead.
+CPU_TEXT_BATCH = 64
+
+
+def encode_by_length(
+    encoded: Sequence[Sequence[Any]],
+    collate: Callable[[Sequence[Any]], Mapping[str, torch.Tensor]],
+    encode: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``encode`` over batches of ``encoded`` sentences taken in order of length, the rows
+    returned in the input order (on the CPU). The input must not be empty.
+
+    A padded batch costs its longest sentence times its size: Flickr8k captions run from 3 to
+    40+ tokens, so batches of similar lengths do the same work in a fraction of the time. The
+    encoders mask padding, so each row is what it would be in any batch (up to float rounding
+    of the batch's shape)."""
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    parts = []
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        batch = {k: v.to(device) for k, v in collate([encoded[i] for i in rows]).items()}
+        parts.append(encode(batch).cpu())
+    out = torch.cat(parts)
+    restored = torch.empty_like(out)
+    restored[torch.as_tensor(order, dtype=torch.long)] = out
+    return restored
 
 
 def make_text_processor(model_cfg: dict[str, Any], vocab: Any) -> TextProcessor:

@@ -14,7 +14,9 @@ trained on top of, so it loads only where those same files are installed::
                          part of the model's identity
 
 A backbone whose weights are still exactly the package's (a frozen EfficientNet-Lite0 or
-MiniLM) is left out of ``weights.pt``; one the run fine-tuned is shipped in it (``shipped``).
+MiniLM) is left out of ``weights.pt``; one the run fine-tuned is shipped in it (``shipped``),
+only its changed tensors when the run fine-tuned part of it (``shipped_tensors``: e.g. the top
+transformer layers of ``model.text_tune_layers``; format_version 2).
 
 Models installed with itmatch live in this package's folder (``itmatch-f8k``);
 ``Matcher.from_pretrained(NAME_OR_DIR)`` and every command that takes a run accept a model
@@ -39,7 +41,10 @@ if TYPE_CHECKING:  # the library's Matcher, imported lazily at run time (it impo
     from itmatch.inference import Matcher
 
 MODEL_FORMAT = "itmatch-model"
-FORMAT_VERSION = 1  # bump on an incompatible change of the layout; loaders refuse newer versions
+# Bump on an incompatible change of the layout; loaders refuse newer versions. 2: a backbone may be
+# shipped in part (``shipped_tensors``: the fine-tuned tensors; the rest comes from its package).
+# A model that ships no backbone in part is written as version 1, which older itmatch reads.
+FORMAT_VERSION = 2
 MANIFEST = "itmatch-model.json"
 WEIGHTS = "weights.pt"
 VOCAB = "vocab.json"
@@ -112,9 +117,13 @@ def _package_state(backbone: Backbone) -> dict[str, torch.Tensor]:
     return {_PREFIX[backbone.role] + k: v for k, v in module.state_dict().items()}
 
 
-def _same_as_package(state: dict[str, torch.Tensor], package: dict[str, torch.Tensor], prefix: str) -> bool:
+def _changed_from_package(state: dict[str, torch.Tensor], package: dict[str, torch.Tensor], prefix: str) -> list[str] | None:
+    """The keys under ``prefix`` whose tensors differ from the package's, or None when the two
+    do not even hold the same tensors (another architecture: ship all of it)."""
     ours = {k: v for k, v in state.items() if k.startswith(prefix)}
-    return ours.keys() == package.keys() and all(torch.equal(ours[k].cpu(), package[k]) for k in ours)
+    if ours.keys() != package.keys():
+        return None
+    return sorted(k for k in ours if not torch.equal(ours[k].cpu(), package[k]))
 
 
 def _json_safe(value: Any) -> Any:
@@ -159,15 +168,22 @@ def export_model(
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
 
     backbones = []
+    partial = False
     for bb in _backbones(cfg):
-        shipped = False
+        entry = bb.to_dict(file_sha256(bb.path), False)
         if bb.role in _PREFIX:
             prefix = _PREFIX[bb.role]
-            if _same_as_package(state, _package_state(bb), prefix):
-                state = {k: v for k, v in state.items() if not k.startswith(prefix)}
-            else:
-                shipped = True  # fine-tuned: its weights are the model's own
-        backbones.append(bb.to_dict(file_sha256(bb.path), shipped))
+            package = _package_state(bb)
+            changed = _changed_from_package(state, package, prefix)
+            entry["shipped"] = changed is None or bool(changed)  # fine-tuned: its weights are the model's own
+            if changed is not None and len(changed) < len(package):
+                # Unchanged tensors come from the package (all of them when none changed).
+                keep = set(changed)
+                state = {k: v for k, v in state.items() if not k.startswith(prefix) or k in keep}
+                if changed:  # e.g. only the top layers fine-tuned (model.text_tune_layers)
+                    entry["shipped_tensors"] = changed
+                    partial = True
+        backbones.append(entry)
     target = DTYPES[dtype]
     state = {k: (v.to(target) if v.is_floating_point() else v).contiguous() for k, v in state.items()}
 
@@ -191,7 +207,7 @@ def export_model(
         vocab = matcher.processor.vocab.to_dict()
     manifest: dict[str, Any] = {
         "format": MODEL_FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if partial else 1,
         "name": name or out.name,
         "itmatch_version": __version__,
         "config": _json_safe(cfg),
@@ -340,7 +356,14 @@ def load_model(ref: str | Path, device: str | torch.device = "auto") -> Matcher:
     own = model.state_dict()
     state = {k: v.to(own[k].dtype) if k in own and v.is_floating_point() else v for k, v in state.items()}
     result = model.load_state_dict(state, strict=False)
-    left_out = tuple(_PREFIX[b["role"]] for b in manifest["backbones"] if b["role"] in _PREFIX and not b["shipped"])
+    # Left out of weights.pt: a backbone not shipped, and what a backbone shipped in part did not
+    # change (the package's weights, loaded above).
+    left_out = tuple(_PREFIX[b["role"]] for b in manifest["backbones"]
+                     if b["role"] in _PREFIX and (not b["shipped"] or "shipped_tensors" in b))  # fmt: skip
+    for b in manifest["backbones"]:
+        if b.get("shipped_tensors") and set(b["shipped_tensors"]) - set(state):
+            raise ModelFormatError(f"model {folder}: {weights.name} lacks tensors its manifest says it ships "
+                                   f"({sorted(set(b['shipped_tensors']) - set(state))[:3]})")  # fmt: skip
     if not manifest.get("classifier", True):
         left_out += ("classifier.",)
     missing = [k for k in result.missing_keys if not k.startswith(left_out)]

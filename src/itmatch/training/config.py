@@ -96,6 +96,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "image_pool": Choice(("mean", "gpo")),
         "feature_drop": Float(min=0, max=1, max_open=True),
         "text_pool": Choice((None, "gpo")),
+        "text_tune_layers": Int(min=1, nullable=True),
     },
     "loss": {"margin": Float(min=0)},
     "training": {

@@ -10,7 +10,7 @@ A stage (one entry of a recipe's ``stages`` list)::
     lr_decay_gamma: 0.1
     lr_schedule: step          # step (lr_decay_* above, per epoch) | cosine (per step, to 0 at the stage's end)
     lr_warmup_steps: 0         # linear warm-up over the stage's first N steps (either schedule)
-    train: [image, text, classifier]   # parts: image, backbone, text, text_backbone, classifier
+    train: [image, text, classifier]   # parts: image, backbone, text, text_backbone, text_base, classifier
     rank: max_violation        # null | sum | max_violation
     classifier: false          # train the modality classifier on true labels (encoders frozen or not;
                                # not with mode grl, which trains it in its joint step)
@@ -41,7 +41,7 @@ from typing import Any
 from itmatch.errors import ConfigError
 from itmatch.training.schema import Bool, Float, Int, Str
 
-PARTS = ("image", "backbone", "text", "text_backbone", "classifier")
+PARTS = ("image", "backbone", "text", "text_backbone", "text_base", "classifier")
 RANK_MODES = (None, "sum", "max_violation")
 ADV_MODES = ("grl", "alternate", "wgan")
 ALIGN_KINDS = ("mmd", "coral", "centroid", "align_uniform")  # itmatch.losses_alignment.ALIGNMENT_KINDS
@@ -128,7 +128,7 @@ class Stage:
 
     @property
     def trains_encoders(self) -> bool:
-        return any(p in self.train for p in ("image", "backbone", "text", "text_backbone"))
+        return any(p in self.train for p in ("image", "backbone", "text", "text_backbone", "text_base"))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
