@@ -14,7 +14,10 @@ the control's 6 extra epochs with the penalty added. ``minilm``, ``minilm_adv`` 
 ``minilm_more`` (the control) are the rows of flickr8k_baseline.py, re-scored here from their run
 folders (same dev protocol: all 1,000 dev images); ``miie`` is the one-run recipe from scratch on
 the same testbed (1 + 29 baseline epochs, then the adversarial stages; select among the
-adversarial epochs only). Selection: the best held-out-train (500 images) validation rsum.
+adversarial epochs only). Selection: the best held-out-train (500 images) validation rsum. ``minilm_lite2`` and the
+``lite2_*`` rows repeat the baseline / control / adversary / MMD comparison on the stronger frozen
+model (EfficientNet-Lite2 features, benchmarks/flickr8k_backbones.py); the plot shows the Lite0
+testbed only.
 
 Per run the results hold dev R@1/5/10 both ways, rsum, a fresh linear probe's accuracy,
 the centroid distance, MMD (RBF kernel, one fixed bandwidth sigma = 1.0 for the whole table:
