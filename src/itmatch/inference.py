@@ -20,10 +20,10 @@ from itmatch.fileio import file_sha256
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import uses_grid_features
 from itmatch.models.text_processing import (
-    CPU_TEXT_BATCH,
     TextProcessor,
     encode_by_length,
     make_text_processor,
+    text_batch_size,
 )
 
 
@@ -108,12 +108,14 @@ class Matcher:
         return int(self.config["model"]["embed_dim"])
 
     @torch.no_grad()
-    def embed_texts(self, texts: Sequence[str], batch_size: int = CPU_TEXT_BATCH) -> torch.Tensor:
-        """L2-normalised joint-space embeddings of sentences (len(texts) x d, on the CPU)."""
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+        """L2-normalised joint-space embeddings of sentences (len(texts) x d, on the CPU), in
+        batches of similar length (of at most CPU_TEXT_BATCH on a CPU)."""
         if not texts:
             return torch.zeros(0, self.embed_dim)
         encoded = self.processor.encode(list(texts))
-        return encode_by_length(encoded, self.processor.collate, self.model.encode_texts, batch_size, self.device)
+        batch = text_batch_size(batch_size, self.device)
+        return encode_by_length(encoded, self.processor.collate, self.model.encode_texts, batch, self.device)
 
     @torch.no_grad()
     def embed_features(self, features: np.ndarray | torch.Tensor, batch_size: int = 1024) -> torch.Tensor:

@@ -36,10 +36,16 @@ class VocabTextProcessor:
         return self.collate(self.encode(texts))
 
 
-# Sentences per batch when embedding on a CPU: MiniLM over 1,024 Flickr8k captions in length
-# order, one thread, took 4.4-4.9 s at 16-64 per batch, 5.2 s at 128 and 8.9 s at 512 (larger
-# batches leave the caches); a GPU wants the evaluation batch size instead.
+# Sentences per batch when embedding on a CPU: MiniLM over 1,024 Flickr8k dev captions in length
+# order, one thread, took 2.45-2.68 s at 16-64 per batch, 2.87 s at 128 and 4.45 s at 512 (larger
+# batches leave the caches; in file order at 512: 6.45 s): benchmarks/results/finetune_speed.json.
+# A GPU wants the evaluation batch size instead.
 CPU_TEXT_BATCH = 64
+
+
+def text_batch_size(batch_size: int, device: torch.device | str) -> int:
+    """Sentences per batch for embedding on ``device``: at most CPU_TEXT_BATCH on a CPU."""
+    return min(batch_size, CPU_TEXT_BATCH) if torch.device(device).type == "cpu" else batch_size
 
 
 def encode_by_length(

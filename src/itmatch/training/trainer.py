@@ -39,7 +39,7 @@ from itmatch.fileio import atomic_write_text, exclusive_lock, remove_stale_temp_
 from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import resolve_model_config
-from itmatch.models.text_processing import CPU_TEXT_BATCH, encode_by_length, make_text_processor
+from itmatch.models.text_processing import encode_by_length, make_text_processor, text_batch_size
 from itmatch.training.config import resume_config
 from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.distributed import (
@@ -136,8 +136,7 @@ def embed_split(
     # Photos come decoded by DataLoader workers (PhotoImages.batches); tensors are sliced.
     slices = images.batches(batch_size) if hasattr(images, "batches") else (images[i : i + batch_size] for i in range(0, len(images), batch_size))
     im = torch.cat([model.encode_images(part.to(device, non_blocking=True)).cpu() for part in slices])
-    text_batch = batch_size if device.type != "cpu" else min(batch_size, CPU_TEXT_BATCH)
-    return im, encode_by_length(captions, collate, model.encode_texts, text_batch, device)
+    return im, encode_by_length(captions, collate, model.encode_texts, text_batch_size(batch_size, device), device)
 
 
 @torch.no_grad()
