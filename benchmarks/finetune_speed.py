@@ -1,0 +1,91 @@
+"""What fine-tuning and text evaluation cost on this CPU, one thread: the numbers behind the
+best recipe's choices (docs/benchmarks.md, "The best recipe").
+
+    .venv/bin/python benchmarks/finetune_speed.py [--data DIR]
+
+1. Forward + backward of each EfficientNet-Lite backbone at its native size (batch 32, train mode,
+   channels-last, as photo fine-tuning runs it) and of MiniLM (batch 128 captions of 16 word
+   pieces), in fp32 and bf16 autocast: photos/s and captions/s, the best of 2 timed repeats after
+   a warm-up.
+2. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
+   sizes, and in file order (no sorting) at 512, the old default: seconds.
+
+Writes benchmarks/results/finetune_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from itmatch.data import load_corpus
+from itmatch.features.backbones import get_backbone
+from itmatch.models.minilm import MiniLMTextEncoder, MiniLMTextProcessor, load_minilm
+from itmatch.models.text_processing import encode_by_length
+
+from _common import REPO_ROOT, write_result
+
+SIZES = {"efficientnet_lite0": 224, "efficientnet_lite2": 260}
+
+
+def best_of(fn, repeats: int = 2) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def fwd_bwd(module: torch.nn.Module, make_input, bf16: bool):
+    def step():
+        module.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = make_input()
+        out.float().sum().backward()
+
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "flickr8k")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    out: dict = {"threads": 1, "training_speed": {}, "text_embedding_1024_dev_captions_s": {}}
+    for name, size in SIZES.items():
+        net = get_backbone(name).train().to(memory_format=torch.channels_last)
+        x = torch.randn(32, 3, size, size).to(memory_format=torch.channels_last)
+        for prec in ("fp32", "bf16"):
+            s = best_of(fwd_bwd(net, lambda net=net, x=x: net(x), prec == "bf16"))
+            out["training_speed"][f"{name}_{size}px_{prec}_photos_per_s"] = round(32 / s, 2)
+    bert = load_minilm().train()
+    ids = torch.randint(1000, 20000, (128, 16))
+    mask = torch.ones_like(ids)
+    for prec in ("fp32", "bf16"):
+        s = best_of(fwd_bwd(bert, lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state, prec == "bf16"))
+        out["training_speed"][f"minilm_{prec}_captions_per_s"] = round(128 / s, 1)
+
+    captions = load_corpus("flickr8k", str(args.data), "dev").flat_captions()[:1024]
+    processor, encoder = MiniLMTextProcessor(), MiniLMTextEncoder(embed_dim=64).eval()
+    encoded = processor.encode(captions)
+    with torch.no_grad():
+        for batch in (16, 32, 64, 128, 512):
+            s = best_of(lambda batch=batch: encode_by_length(encoded, processor.collate, lambda b: encoder(**b), batch))
+            out["text_embedding_1024_dev_captions_s"][f"length_order_batch_{batch}"] = round(s, 2)
+
+        def file_order():
+            for i in range(0, len(encoded), 512):
+                encoder(**processor.collate(encoded[i : i + 512]))
+
+        out["text_embedding_1024_dev_captions_s"]["file_order_batch_512"] = round(best_of(file_order), 2)
+    print(write_result("finetune_speed", out))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
