@@ -10,7 +10,9 @@ best recipe's choices (docs/benchmarks.md, "The best recipe").
 2. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
    sizes, and in file order (no sorting) at 512, the old default: seconds.
 
-Writes benchmarks/results/finetune_speed.json.
+Writes benchmarks/results/finetune_speed.json (``--name``: another file, for another CPU's
+figures), with ``bf16_speedup_linear`` (``_common.bf16_speedup``: the probe that decides the
+Flickr8k benchmarks' precision).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from itmatch.features.backbones import get_backbone
 from itmatch.models.minilm import MiniLMTextEncoder, MiniLMTextProcessor, load_minilm
 from itmatch.models.text_processing import encode_by_length
 
-from _common import REPO_ROOT, write_result
+from _common import REPO_ROOT, bf16_speedup, write_result
 
 SIZES = {"efficientnet_lite0": 224, "efficientnet_lite2": 260}
 
@@ -54,9 +56,12 @@ def fwd_bwd(module: torch.nn.Module, make_input, bf16: bool):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "flickr8k")
+    ap.add_argument("--name", default="finetune_speed", help="the result file: benchmarks/results/NAME.json "
+                    "(another CPU's figures go beside the first's, e.g. finetune_speed_noamx)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    out: dict = {"threads": 1, "training_speed": {}, "text_embedding_1024_dev_captions_s": {}}
+    out: dict = {"threads": 1, "bf16_speedup_linear": round(bf16_speedup(), 2), "training_speed": {},
+                 "text_embedding_1024_dev_captions_s": {}}
     for name, size in SIZES.items():
         net = get_backbone(name).train().to(memory_format=torch.channels_last)
         x = torch.randn(32, 3, size, size).to(memory_format=torch.channels_last)
@@ -83,7 +88,7 @@ def main() -> None:
                 encoder(**processor.collate(encoded[i : i + 512]))
 
         out["text_embedding_1024_dev_captions_s"]["file_order_batch_512"] = round(best_of(file_order), 2)
-    print(write_result("finetune_speed", out))
+    print(write_result(args.name, out))
     print(out)
 
 

@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT, RESULTS_DIR, cpu_flags, write_result
+from _common import REPO_ROOT, RESULTS_DIR, bf16_speedup, cpu_flags, write_result
 
 RESULT = "flickr8k_baseline"
 RUNS = Path("/tmp/itmatch-f8k-baseline")
@@ -43,10 +43,15 @@ HOLDOUT = ["data.val_holdout=500"]
 
 
 def cpu_has_fast_bf16() -> bool:
-    """bf16 autocast pays on CPUs with native bf16 arithmetic (AVX-512 BF16 or AMX): 2.8x fp32
-    there (results/train_throughput_bf16_2threads.json); on an AVX2-only CPU it is emulated and
-    9x slower than fp32 at the same load (results/train_throughput{,_bf16}_avx2.json)."""
-    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+    """Whether bf16 autocast pays on this CPU, measured (``_common.bf16_speedup``: at least 1.25x
+    fp32 on a linear layer), not read from its flags: with native bf16 arithmetic it ran 2.8x
+    fp32 (AMD EPYC, AVX-512 BF16: results/train_throughput_bf16_2threads.json) or 2.3x (Intel
+    Xeon with AMX: MiniLM, results/finetune_speed.json); emulated on AVX2 it was 9x slower
+    (results/train_throughput{,_bf16}_avx2.json); and an Intel Xeon with AVX-512 BF16 but no
+    AMX ran it 1.6x slower than fp32."""
+    if not {"avx512_bf16", "amx_bf16"} & cpu_flags():
+        return False  # emulated: never worth timing
+    return bf16_speedup() >= 1.25
 
 
 BF16 = ["training.precision=bf16"] if cpu_has_fast_bf16() else []  # recorded in each run's overrides

@@ -13,8 +13,11 @@ on 500 held-out train images (every epoch competes), scored on the 1,000 dev ima
 Flickr8k benchmark); the others change one thing of it:
 
 - ``best_frozen``: no fine-tuning stage (the frozen Lite2 + MiniLM model the recipe starts from);
-- ``best_lr2e5`` / ``best_lr5e5``: the fine-tuning stage at 2e-5 (the rate of the earlier
-  one-epoch runs) / 5e-5 instead of 1e-4;
+- ``best_lr2e5`` / ``best_lr5e5`` / ``best_lr2e4``: the fine-tuning stage at 2e-5 (the rate of
+  the earlier one-epoch runs) / 5e-5 / 2e-4 instead of 1e-4;
+- ``best_gpo`` / ``best_gpo_frozen``: the sentence is GPO over MiniLM's projected token states
+  (``model.text_pool=gpo``, VSE-infinity's text side) instead of the mean of its token states;
+  with and without the fine-tuning stage;
 - ``best_e8``: 8 fine-tuning epochs instead of 4 (the cosine then spans 8);
 - ``best_step``: 4 epochs at a constant rate, no warm-up (the schedule of the earlier one-epoch runs);
 - ``best_fp32``: the recipe in float32 (is bf16 as good?);
@@ -43,7 +46,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_frozen": (RECIPE, HOLDOUT + [f"{FT}.epochs=0"], "the recipe without its fine-tuning stage (1 + 4 frozen epochs)"),
     "best_lr2e5": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=2.0e-5"], "fine-tuning at lr 2e-5 (the one-epoch runs' rate)"),
     "best_lr5e5": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=5.0e-5"], "fine-tuning at lr 5e-5"),
+    "best_lr2e4": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=2.0e-4"], "fine-tuning at lr 2e-4"),
     "best_top2_lr5e5": (RECIPE, HOLDOUT + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=5.0e-5"], "only the top 2 layers fine-tuned, at lr 5e-5"),
+    "best_gpo": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo"], "GPO over MiniLM's projected token states instead of its mean (VSE-infinity's text side)"),
+    "best_gpo_frozen": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo", f"{FT}.epochs=0"], "best_gpo without its fine-tuning stage"),
     "best_e8": (RECIPE, HOLDOUT + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
     "best_step": (
         RECIPE,

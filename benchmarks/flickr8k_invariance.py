@@ -16,8 +16,10 @@ folders (same dev protocol: all 1,000 dev images); ``miie`` is the one-run recip
 the same testbed (1 + 29 baseline epochs, then the adversarial stages; select among the
 adversarial epochs only). Selection: the best held-out-train (500 images) validation rsum. ``minilm_lite2`` and the
 ``lite2_*`` rows repeat the baseline / control / adversary / MMD comparison on the stronger frozen
-model (EfficientNet-Lite2 features, benchmarks/flickr8k_backbones.py); the plot shows the Lite0
-testbed only.
+model (EfficientNet-Lite2 features, benchmarks/flickr8k_backbones.py); ``ft_adv`` and ``ft_mmd``
+ask it of the best model (configs/vse_minilm_ft.yaml, MiniLM fine-tuned), the adversary or the
+MMD penalty on in its fine-tuning stage, against the recipe itself (``best``, copied from
+results/flickr8k_best.json by ``import-baseline``). The plot shows the Lite0 testbed only.
 
 Per run the results hold dev R@1/5/10 both ways, rsum, a fresh linear probe's accuracy,
 the centroid distance, MMD (RBF kernel, one fixed bandwidth sigma = 1.0 for the whole table:
@@ -83,9 +85,29 @@ VARIANTS.update({
     "lite2_adv": ("miie_adv", LITE2, "Lite2 testbed: miie_adv (classifier 2, adversarial 6 epochs)"),
     "lite2_mmd": ("vsepp_more_align", LITE2, "Lite2 testbed: control + MMD penalty (sigma 1, weight 10 per pair)"),
 })  # fmt: skip
-BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2")}
+# The same question on the best model (configs/vse_minilm_ft.yaml: Lite2 features, MiniLM
+# fine-tuned 4 epochs): the adversary or the MMD penalty switched on in its fine-tuning stage, so
+# the control is the recipe itself (variant ``best`` of benchmarks/flickr8k_best.py: same epochs,
+# same schedule, rows copied by ``import-baseline``). D trains from scratch in that stage at
+# 1e-3 (10x the stage's rate, as miie_adv's 50x), while the DANN ramp holds lambda near 0.
+FT = "stages.text_finetune"
+FT_BEST = fb.HOLDOUT + fb.BF16
+VARIANTS.update({
+    "ft_adv": ("vse_minilm_ft", FT_BEST + [f"{FT}.train=[image,text,text_backbone,classifier]", f"{FT}.lr_parts={{classifier: 1.0e-3}}",
+                                           f"{FT}.adversarial={{mode: grl, lambda: 0.1, schedule: dann}}"],
+               "best recipe, adversary (GRL, lambda 0.1 DANN, D 1024-512-256 at lr 1e-3) in its fine-tuning stage"),
+    "ft_mmd": ("vse_minilm_ft", FT_BEST + [f"{FT}.align={{kind: mmd, weight: 10.0}}"],
+               "best recipe, MMD penalty (sigma 1, weight 10 per pair) in its fine-tuning stage"),
+})  # fmt: skip
+BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2", "ft_adv", "ft_mmd")}
 BASE.update({name: "minilm_lite2" for name in ("lite2_more", "lite2_adv", "lite2_mmd")})
 LITE2_ROWS = ("minilm_lite2", "lite2_more", "lite2_adv", "lite2_mmd")  # a second testbed: not in the Lite0 plot
+FT_ROWS = ("best", "ft_adv", "ft_mmd")  # a third: the fine-tuned best model
+
+
+def testbed(variant: str) -> int:
+    """0: the frozen Lite0 testbed (the plot's), 1: frozen Lite2, 2: the fine-tuned best model."""
+    return 2 if variant in FT_ROWS else 1 if variant in LITE2_ROWS else 0
 
 
 def classifier_dev_accuracy(run_dir: Path, data: Path, checkpoint: str = "best") -> float:
@@ -143,14 +165,16 @@ def score_last(seed: int, data: Path) -> dict[str, Any]:
 
 def import_baseline_rows() -> list[str]:
     """Copy the ``minilm``, ``minilm_more`` and ``minilm_adv`` runs from results/flickr8k_baseline.json
-    (same runs, same dev scoring: flickr8k_baseline.dev_scores) instead of scoring them again. Their
-    ``classifier_acc`` stays absent: minilm and minilm_more never train the classifier, and
+    and the ``best`` runs (the fine-tuned testbed's control) from results/flickr8k_best.json (same
+    runs, same dev scoring: flickr8k_baseline.dev_scores) instead of scoring them again. Their
+    ``classifier_acc`` stays absent: minilm, minilm_more and best never train the classifier, and
     minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
     copied = []
-    for key, entry in fb.load_results(fb.RESULT).get("runs", {}).items():
-        if entry["variant"] in ("minilm", "minilm_more", "minilm_adv") and key not in fb.load_results(RESULT).get("runs", {}):
-            _save(key, {**entry, "scored_by": "flickr8k_baseline.py (copied)"})
-            copied.append(key)
+    for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best",))):
+        for key, entry in fb.load_results(source).get("runs", {}).items():
+            if entry["variant"] in variants and key not in fb.load_results(RESULT).get("runs", {}):
+                _save(key, {**entry, "scored_by": f"{source}.py (copied)"})
+                copied.append(key)
     return copied
 
 
@@ -185,8 +209,8 @@ def table() -> str:
     digits = {"centroid_dist": 3, "mmd": 4}
     head = "| variant | seeds | val rsum | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
-    # The Lite0 testbed's rows first, then the Lite2 testbed's, each by dev rsum.
-    for name, row in sorted(rows.items(), key=lambda kv: (kv[0] in LITE2_ROWS, -kv[1]["rsum"]["mean"])):
+    # The Lite0 testbed's rows first, then the Lite2 testbed's, then the fine-tuned model's, each by dev rsum.
+    for name, row in sorted(rows.items(), key=lambda kv: (testbed(kv[0]), -kv[1]["rsum"]["mean"])):
         cells = []
         for col in ("val_rsum", *COLUMNS):
             if col not in row:
@@ -205,7 +229,7 @@ def plot() -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {name: entries for name, entries in by_variant().items() if name not in LITE2_ROWS}
+    groups = {name: entries for name, entries in by_variant().items() if testbed(name) == 0}
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
     others = sorted(name for name in groups if name not in MARKED)
     colours = plt.get_cmap("tab20")  # one colour per variant: the default cycle repeats after 10

@@ -216,7 +216,7 @@ def test_model_config_switches_and_errors():
     with pytest.raises(ConfigError, match="model.backbone"):
         build_model({"image_pool": "gpo", "backbone": "efficientnet_lite0", "embed_dim": 8}, 20, 16)
     with pytest.raises(ConfigError, match="text_pool"):
-        build_model({"text_pool": "gpo", "text_encoder": "minilm", "embed_dim": 8}, 20, 16)
+        build_model({"text_pool": "max", "embed_dim": 8}, 20, 16)
 
 
 # --------------------------------------------------------------------------------------------

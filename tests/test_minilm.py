@@ -297,3 +297,146 @@ def test_top_layer_fine_tuning_moves_only_that_layer_and_exports_only_it(tmp_pat
     (tmp_path / "model" / "itmatch-model.json").write_text(json.dumps(manifest))
     with pytest.raises(Exception, match="lacks tensors its manifest says it ships"):
         Matcher.from_pretrained(tmp_path / "model")
+
+
+# --------------------------------------------------------------------------------------------
+# text_pool: gpo (VSE-infinity's text side over MiniLM token states)
+
+
+@pytest.fixture(scope="module")
+def gpo_encoder() -> MiniLMTextEncoder:
+    torch.manual_seed(0)
+    return MiniLMTextEncoder(embed_dim=16, pool="gpo", memoize_frozen=False).eval()
+
+
+def _alone_token_states(encoder: MiniLMTextEncoder, encoded: list[list[int]]) -> list[torch.Tensor]:
+    """Each sentence through the transformer alone, unpadded: its T x 384 token states."""
+    with torch.no_grad():
+        return [encoder.backbone(input_ids=torch.tensor([e])).last_hidden_state[0] for e in encoded]
+
+
+def test_gpo_text_pooling_is_gpo_over_each_sentences_own_projected_tokens(gpo_encoder, processor):
+    encoded = processor.encode(SENTENCES)
+    batch = processor.collate(encoded)
+    assert len(set(map(len, encoded))) > 1  # variable lengths: the batch pads all but the longest
+    with torch.no_grad():
+        got = gpo_encoder(**batch)
+        expected = torch.cat([
+            torch.nn.functional.normalize(
+                gpo_encoder.pool(gpo_encoder.fc(s).unsqueeze(0), torch.tensor([len(s)])), dim=-1)
+            for s in _alone_token_states(gpo_encoder, encoded)])  # fmt: skip
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)  # padding never changes a sentence
+
+
+def test_gpo_text_pooling_with_forced_weights_is_max_or_mean_over_real_tokens(gpo_encoder, processor, monkeypatch):
+    encoded = processor.encode(SENTENCES)
+    batch = processor.collate(encoded)
+    projected = [gpo_encoder.fc(s) for s in _alone_token_states(gpo_encoder, encoded)]
+    width = batch["input_ids"].shape[1]
+
+    def forced(kind):
+        def weights(lengths, k):
+            assert k == width
+            w = torch.zeros(len(lengths), k)
+            for b, n in enumerate(lengths.tolist()):
+                if kind == "max":
+                    w[b, 0] = 1.0
+                else:
+                    w[b, :n] = 1.0 / n
+            return w
+
+        return weights
+
+    for kind, reduce in (("max", lambda p: p.max(dim=0).values), ("mean", lambda p: p.mean(dim=0))):
+        monkeypatch.setattr(gpo_encoder.pool, "rank_weights", forced(kind))
+        with torch.no_grad():
+            got = gpo_encoder(**batch)
+            expected = torch.nn.functional.normalize(torch.stack([reduce(p) for p in projected]), dim=-1)
+        torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
+
+
+def test_gpo_text_memo_and_disk_cache_hold_float16_token_states(processor, tmp_path):
+    from itmatch.features.sentences import cache_file, prime_sentence_cache
+
+    encoded = processor.encode(SENTENCES + SENTENCES[:1])
+    batch = processor.collate(encoded)
+    torch.manual_seed(0)
+    live = MiniLMTextEncoder(embed_dim=16, pool="gpo", memoize_frozen=False).eval()
+    with torch.no_grad():
+        reference = live(**batch)  # no memo: float32 token states
+    first = MiniLMTextEncoder(embed_dim=16, pool="gpo")
+    first.load_state_dict(live.state_dict())
+    first.requires_grad_(False)
+    first.eval()
+    calls = []
+    first.backbone.register_forward_hook(lambda *a: calls.append(1))
+    with torch.no_grad():
+        memoised = first(**batch)
+        again = first(**batch)
+    assert len(calls) == len(set(map(len, encoded)))  # one pass per length, then none
+    torch.testing.assert_close(again, memoised, rtol=0, atol=0)
+    torch.testing.assert_close(memoised, reference, rtol=0, atol=2e-3)  # float16 token states
+    states = first.sentence_embedding(**batch)
+    assert states.shape == (len(encoded), batch["input_ids"].shape[1], 384)
+    lengths = batch["attention_mask"].sum(1)
+    assert all(float(states[i, n:].abs().sum()) == 0 for i, n in enumerate(lengths.tolist()))
+
+    counts = prime_sentence_cache(first, encoded, tmp_path)
+    assert counts == {"sentences": 4, "cached": 0, "computed": 4}
+    path = cache_file(tmp_path, first)
+    assert path.name.startswith("minilm-tokens-")
+    with np.load(path, allow_pickle=False) as z:
+        assert z["vectors"].dtype == np.float16
+        assert z["vectors"].shape == (sum(len(e) for e in encoded[:4]), 384)  # one row per token
+    second = MiniLMTextEncoder(embed_dim=16, pool="gpo")
+    second.load_state_dict(live.state_dict())
+    second.requires_grad_(False)
+    second.eval()
+    second_calls = []
+    second.backbone.register_forward_hook(lambda *a: second_calls.append(1))
+    assert prime_sentence_cache(second, encoded, tmp_path)["cached"] == 4
+    with torch.no_grad():
+        from_disk = second(**batch)
+    assert not second_calls
+    torch.testing.assert_close(from_disk, memoised, rtol=0, atol=0)  # the same float16 values
+    mean = MiniLMTextEncoder(embed_dim=16)
+    assert cache_file(tmp_path, mean).name.startswith("minilm-") and cache_file(tmp_path, mean) != path
+
+
+def test_gpo_text_model_builds_from_config_and_its_pooling_trains_as_part_text():
+    model = build_model({"embed_dim": 16, "text_encoder": "minilm", "text_pool": "gpo"}, vocab_size=1, feature_dim=8)
+    assert model.text_encoder.pool is not None
+    text_part = {id(p) for p in model.parts()["text"]}
+    assert {id(p) for p in model.text_encoder.pool.parameters()} <= text_part
+    with pytest.raises(Exception, match="text_pool"):
+        MiniLMTextEncoder(embed_dim=16, pool="max")
+
+
+def test_tiny_gpo_text_run_caches_token_states_trains_and_serves(tmp_path):
+    data = write_precomp(tmp_path / "precomp", {"train": 12, "dev": 6})
+    recipe = {
+        "name": "minilm_gpo_tiny",
+        "model": {"text_encoder": "minilm", "text_pool": "gpo", "embed_dim": 16, "text_tune_layers": 1},
+        "stages": [
+            {"name": "projection", "epochs": 1, "lr": 1e-3, "train": ["image", "text"], "rank": "sum"},
+            {"name": "transformer", "epochs": 1, "lr": 1e-4, "train": ["image", "text", "text_backbone"],
+             "rank": "max_violation"},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    cfg = load_config(path, ["data.format=precomp", f"data.path={data}", "data.val_split=dev",
+                             "training.batch_size=20", "data.vocab_min_count=1",
+                             f"data.feature_cache={tmp_path / 'cache'}"])  # fmt: skip
+    summary = train(cfg, tmp_path / "run")
+    (cached,) = (tmp_path / "cache" / "sentences").glob("minilm-*.npz")
+    assert cached.name.startswith("minilm-tokens-")  # the frozen stage read token states
+    first = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert "text_encoder.pool.gru.weight_ih_l0" in first
+    from itmatch.data import load_corpus
+    from itmatch.evaluation.recall import evaluate_embeddings
+
+    matcher = Matcher.from_run(tmp_path / "run", "best")
+    assert matcher.model.text_encoder.pool is not None
+    im, tx = matcher.embed_corpus(load_corpus("precomp", str(data), "dev"))
+    assert evaluate_embeddings(im, tx)["rsum"] == pytest.approx(summary["best"]["val/rsum"], abs=1e-9)

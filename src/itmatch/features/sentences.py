@@ -8,7 +8,9 @@ the missing ones, stores them, and fills the encoder's in-memory memo with all o
 Layout: ``CACHE/sentences/minilm-<weights digest>.npz`` (NumPy arrays only, read with
 ``allow_pickle=False``): ``tokens`` (the concatenated word-piece ids of every sentence),
 ``offsets`` (sentence ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``) and ``vectors``
-(float32, one row per sentence). The key is a digest of the transformer's weights, like the
+(float32, one row per sentence). An encoder that pools token states itself (``text_pool: gpo``)
+caches those instead, in ``minilm-tokens-<weights digest>.npz``: ``vectors`` there holds one
+float16 row per token, sentence ``i``'s rows being ``vectors[offsets[i]:offsets[i + 1]]``. The key is a digest of the transformer's weights, like the
 image feature cache's key, so a fine-tuned transformer never reads a pretrained one's vectors;
 the tokenizer's truncation is part of the token ids themselves. Writes are atomic under an
 exclusive lock; a cache file that cannot be read is rebuilt.
@@ -40,11 +42,17 @@ def weights_digest(module: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def per_token(encoder: MiniLMTextEncoder) -> bool:
+    """Whether ``encoder`` memoises token states (GPO pooling) rather than sentence embeddings."""
+    return encoder.pool is not None
+
+
 def cache_file(cache_dir: str | Path, encoder: MiniLMTextEncoder) -> Path:
-    return Path(cache_dir) / "sentences" / f"minilm-{weights_digest(encoder.backbone)}.npz"
+    kind = "minilm-tokens" if per_token(encoder) else "minilm"
+    return Path(cache_dir) / "sentences" / f"{kind}-{weights_digest(encoder.backbone)}.npz"
 
 
-def _read(path: Path) -> dict[bytes, np.ndarray]:
+def _read(path: Path, tokens_each: bool) -> dict[bytes, np.ndarray]:
     if not path.is_file():
         return {}
     try:
@@ -52,18 +60,29 @@ def _read(path: Path) -> dict[bytes, np.ndarray]:
             tokens, offsets, vectors = z["tokens"], z["offsets"], z["vectors"]
     except (OSError, ValueError, KeyError):
         return {}  # torn or foreign file: rebuilt by the next write
+    n = len(offsets) - 1
+    if len(vectors) != (offsets[-1] if tokens_each else n):
+        return {}  # not this layout: rebuilt by the next write
     return {
-        tokens[offsets[i] : offsets[i + 1]].astype(np.int64).tobytes(): vectors[i]
-        for i in range(len(vectors))
+        tokens[offsets[i] : offsets[i + 1]].astype(np.int64).tobytes(): (
+            vectors[offsets[i] : offsets[i + 1]] if tokens_each else vectors[i]
+        )
+        for i in range(n)
     }
 
 
-def _write(path: Path, entries: dict[bytes, np.ndarray]) -> None:
+def _write(path: Path, entries: dict[bytes, np.ndarray], tokens_each: bool) -> None:
     seqs = [np.frombuffer(k, dtype=np.int64) for k in entries]
     offsets = np.zeros(len(seqs) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum([len(s) for s in seqs])
     tokens = np.concatenate(seqs).astype(np.int32) if seqs else np.zeros(0, dtype=np.int32)
-    vectors = np.stack(list(entries.values())).astype(np.float32) if entries else np.zeros((0, 0), np.float32)
+    dtype = np.float16 if tokens_each else np.float32
+    if not entries:
+        vectors = np.zeros((0, 0), dtype)
+    elif tokens_each:
+        vectors = np.concatenate(list(entries.values())).astype(dtype)
+    else:
+        vectors = np.stack(list(entries.values())).astype(dtype)
     buf = io.BytesIO()
     np.savez(buf, tokens=tokens, offsets=offsets, vectors=vectors)
     atomic_write_bytes(path, lambda f: f.write(buf.getvalue()))
@@ -85,19 +104,20 @@ def prime_sentence_cache(
         raise ValueError("prime_sentence_cache: the transformer trains, so its outputs change every step")
     keys = list(dict.fromkeys(np.asarray(s, dtype=np.int64).tobytes() for s in sentences))
     path = cache_file(cache_dir, encoder)
-    stored = _read(path)
+    tokens_each = per_token(encoder)
+    stored = _read(path, tokens_each)
     missing = [k for k in keys if k not in stored]
     if missing:
         with exclusive_lock(
             path.with_suffix(".lock"), f"{path} is being written by another run; wait for it to finish"
         ):
-            stored = _read(path)  # another run may have written them meanwhile
+            stored = _read(path, tokens_each)  # another run may have written them meanwhile
             missing = [k for k in keys if k not in stored]
             fresh = _encode(encoder, missing, progress)
             if fresh:
                 stored.update(fresh)
-                _write(path, stored)
-    encoder.prime_memo({k: torch.from_numpy(np.array(stored[k], dtype=np.float32)) for k in keys})
+                _write(path, stored, tokens_each)
+    encoder.prime_memo({k: encoder.memo_value(torch.from_numpy(np.array(stored[k]))) for k in keys})
     return {"sentences": len(keys), "cached": len(keys) - len(missing), "computed": len(missing)}
 
 
@@ -119,8 +139,8 @@ def _encode(
                     ids = torch.from_numpy(np.stack([np.frombuffer(k, dtype=np.int64) for k in chunk])).to(
                         device
                     )
-                    vectors = encoder.encode_unpadded(ids).cpu().numpy()
-                    out.update(zip(chunk, vectors))
+                    encoded = encoder.memo_value(encoder.encode_unpadded(ids).cpu())
+                    out.update(zip(chunk, encoded.numpy()))
                     if progress is not None:
                         progress(len(out), len(keys))
     finally:

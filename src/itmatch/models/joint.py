@@ -27,7 +27,7 @@ MODEL_DEFAULTS: dict[str, Any] = {
     "image_pool": "mean",
     "feature_drop": 0.2,  # image_pool gpo: fraction of grid vectors left out per image in training
     # null: the text encoder's own pooling (GRU: its last state; MiniLM: the mean of its token
-    # states); gpo: GPO over the GRU's per-token states (GRU only, so far)
+    # states); gpo: GPO over the per-token states (GRU outputs, or MiniLM token states projected)
     "text_pool": None,
     # MiniLM: how many of its top transformer layers form the part text_backbone (null: all of
     # it); its embeddings and the layers below form the part text_base, frozen unless a stage
@@ -151,11 +151,11 @@ def build_model(
             vocab_size, cfg["word_dim"], d, cfg["gru_layers"], cfg["text_pool"] or "last"
         )
     elif kind == "minilm":
-        if cfg["text_pool"] is not None:
-            raise ConfigError("model.text_pool: gpo is implemented for the GRU text encoder only (text_encoder: gru)")
         from itmatch.models.minilm import MiniLMTextEncoder
 
-        text_encoder = MiniLMTextEncoder(embed_dim=d, tune_layers=cfg["text_tune_layers"])
+        text_encoder = MiniLMTextEncoder(
+            embed_dim=d, tune_layers=cfg["text_tune_layers"], pool=cfg["text_pool"] or "mean"
+        )
     else:
         raise ConfigError(f"model.text_encoder: unknown encoder {kind!r}; known: 'gru', 'minilm'")
     if cfg["text_tune_layers"] is not None and kind != "minilm":

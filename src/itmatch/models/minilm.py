@@ -11,11 +11,17 @@ Trainable parts (see :meth:`itmatch.models.JointModel.parts`): the transformer i
 With ``tune_layers = k`` (``model.text_tune_layers``) part ``text_backbone`` is the top k
 transformer layers only and the embeddings and lower layers are part ``text_base``.
 
+Pooling (``model.text_pool``): ``mean`` (the default, null in a recipe) is the sentence-
+transformers embedding above; ``gpo`` is VSE-infinity's text side (Chen et al., CVPR 2021):
+every token state is projected to the joint space by the same linear layer and the projected
+tokens are pooled with GPO (:mod:`itmatch.models.pooling`), its weight generator part ``text``.
+
 While every transformer parameter is frozen, the transformer runs in evaluation mode (no
-dropout) and its sentence embeddings are memoised per caption (a frozen encoder gives a caption
-the same vector every epoch), so frozen-MiniLM training costs one transformer pass per distinct
-caption rather than one per step. The memo is dropped whenever a transformer weight changes
-(tensor version counters) and is never used while the transformer trains.
+dropout) and its outputs are memoised per caption (a frozen encoder gives a caption the same
+vector every epoch), so frozen-MiniLM training costs one transformer pass per distinct caption
+rather than one per step: the sentence embedding (mean) or the token states, kept in float16
+(gpo). The memo is dropped whenever a transformer weight changes (tensor version counters) and
+is never used while the transformer trains.
 """
 
 from __future__ import annotations
@@ -29,10 +35,12 @@ from torch import nn
 
 from itmatch.errors import ConfigError, ItmatchError
 from itmatch.models.encoders import l2_normalize
+from itmatch.models.pooling import GPO
 
 SENTENCE_DIM = 384
 DEFAULT_MAX_LENGTH = 48  # word pieces incl. [CLS]/[SEP]; Flickr/COCO captions are ~12-20
 _MEMO_LIMIT = 500_000  # memoised sentences before the memo is cleared (~770 MB of float32)
+POOLINGS = ("mean", "gpo")
 
 
 def minilm_path(path: str | Path | None = None) -> Path:
@@ -126,7 +134,12 @@ def load_minilm(model_path: str | Path | None = None) -> nn.Module:
 
 
 class MiniLMTextEncoder(nn.Module):
-    """all-MiniLM-L6-v2 sentence embedding (mean pooling, L2 norm) -> linear projection -> L2 norm."""
+    """all-MiniLM-L6-v2 -> the joint space, L2-normalised.
+
+    ``pool="mean"``: its sentence embedding (mean of the token states, L2 norm) -> linear
+    projection. ``pool="gpo"``: every token state -> the same linear projection -> GPO over the
+    sentence's tokens (padding never counts).
+    """
 
     def __init__(
         self,
@@ -134,8 +147,12 @@ class MiniLMTextEncoder(nn.Module):
         model_path: str | Path | None = None,
         memoize_frozen: bool = True,
         tune_layers: int | None = None,
+        pool: str = "mean",
     ):
         super().__init__()
+        if pool not in POOLINGS:
+            raise ConfigError(f"model.text_pool: unknown MiniLM pooling {pool!r}; known: null (mean), 'gpo'")
+        self.pool_kind = pool
         self.backbone = load_minilm(model_path)
         layers = len(self.backbone.encoder.layer)
         if tune_layers is not None and not 1 <= tune_layers <= layers:
@@ -145,6 +162,7 @@ class MiniLMTextEncoder(nn.Module):
         r = math.sqrt(6.0) / math.sqrt(SENTENCE_DIM + embed_dim)  # as the image projection (VSE++)
         nn.init.uniform_(self.fc.weight, -r, r)
         nn.init.zeros_(self.fc.bias)
+        self.pool = GPO() if pool == "gpo" else None
         self.memoize_frozen = memoize_frozen
         self._memo: dict[bytes, torch.Tensor] = {}
         self._memo_key: tuple | None = None
@@ -168,11 +186,15 @@ class MiniLMTextEncoder(nn.Module):
         return self
 
     def _encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return l2_normalize(mean_pool(states.float(), attention_mask))
+        """What the projection reads: B x 384 sentence embeddings (mean) or B x T x 384 token states (gpo)."""
+        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state.float()
+        if self.pool is not None:
+            return states
+        return l2_normalize(mean_pool(states, attention_mask))
 
     def sentence_embedding(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The sentence-transformers embedding of all-MiniLM-L6-v2 (B x 384, unit norm)."""
+        """The sentence-transformers embedding of all-MiniLM-L6-v2 (B x 384, unit norm) with
+        ``pool="mean"``; with ``pool="gpo"`` the token states (B x T x 384, padding rows 0)."""
         if not (self.memoize_frozen and self.backbone_frozen()):
             self._memo.clear()
             return self._encode(input_ids, attention_mask)
@@ -181,8 +203,13 @@ class MiniLMTextEncoder(nn.Module):
         return self._memoized(input_ids, attention_mask)
 
     def encode_unpadded(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Sentence embeddings of B sentences of one length (B x T ids, no padding)."""
+        """:meth:`sentence_embedding` of B sentences of one length (B x T ids, no padding)."""
         return self._encode(input_ids, torch.ones_like(input_ids))
+
+    def memo_value(self, encoded: torch.Tensor) -> torch.Tensor:
+        """How one sentence's output is memoised: as is (mean), or token states in float16 (gpo:
+        a sentence holds ~15 of them; the disk cache stores the same values)."""
+        return encoded.half() if self.pool is not None else encoded
 
     def _current_memo(self) -> dict[bytes, torch.Tensor]:
         """The memo, emptied first if a transformer weight changed since it was filled."""
@@ -214,8 +241,16 @@ class MiniLMTextEncoder(nn.Module):
                 rows = torch.tensor(todo, device=input_ids.device)
                 fresh = self.encode_unpadded(input_ids[rows, :width]).cpu()
                 for i, vec in zip(todo, fresh):
-                    self._memo[keys[i]] = vec
-        return torch.stack([self._memo[k] for k in keys]).to(input_ids.device)
+                    self._memo[keys[i]] = self.memo_value(vec)
+        if self.pool is None:
+            return torch.stack([self._memo[k] for k in keys]).to(input_ids.device)
+        states = torch.zeros(len(keys), input_ids.shape[1], SENTENCE_DIM)
+        for i, k in enumerate(keys):
+            states[i, : int(lengths[i])] = self._memo[k]
+        return states.to(input_ids.device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return l2_normalize(self.fc(self.sentence_embedding(input_ids, attention_mask)))
+        encoded = self.sentence_embedding(input_ids, attention_mask)
+        if self.pool is None:
+            return l2_normalize(self.fc(encoded))
+        return l2_normalize(self.pool(self.fc(encoded), attention_mask.sum(dim=1)))
