@@ -7,7 +7,9 @@ best recipe's choices (docs/benchmarks.md, "The best recipe").
    channels-last, as photo fine-tuning runs it) and of MiniLM (batch 128 captions of 16 word
    pieces), in fp32 and bf16 autocast: photos/s and captions/s, the best of 2 timed repeats after
    a warm-up.
-2. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
+2. A fine-tuning step's text side (128 Flickr8k dev captions, forward + backward, fp32) in one
+   padded pass and in MiniLMTextEncoder's length groups: seconds.
+3. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
    sizes, and in file order (no sorting) at 512, the old default: seconds.
 
 Writes benchmarks/results/finetune_speed.json (``--name``: another file, for another CPU's
@@ -25,7 +27,7 @@ import torch
 
 from itmatch.data import load_corpus
 from itmatch.features.backbones import get_backbone
-from itmatch.models.minilm import MiniLMTextEncoder, MiniLMTextProcessor, load_minilm
+from itmatch.models.minilm import LENGTH_GROUP, MiniLMTextEncoder, MiniLMTextProcessor, load_minilm
 from itmatch.models.text_processing import encode_by_length
 
 from _common import REPO_ROOT, bf16_speedup, write_result
@@ -78,6 +80,17 @@ def main() -> None:
     captions = load_corpus("flickr8k", str(args.data), "dev").flat_captions()[:1024]
     processor, encoder = MiniLMTextProcessor(), MiniLMTextEncoder(embed_dim=64).eval()
     encoded = processor.encode(captions)
+    # A training step's text side: 128 real captions (every 8th dev caption), forward + backward
+    # through the trainable encoder in one padded pass and in length groups (MiniLMTextEncoder's way).
+    batch = processor.collate(encoded[::8][:128])
+    out["fine_tuning_step_128_dev_captions"] = {
+        "longest_word_pieces": int(batch["input_ids"].shape[1]),
+        "mean_word_pieces": round(float(batch["attention_mask"].sum(1).float().mean()), 1),
+        "group_size": LENGTH_GROUP,
+    }
+    head = lambda states: encoder.fc(states)  # noqa: E731 (the projection both ways)
+    for name, fn in (("one_pass_s", lambda: head(encoder._encode(**batch))), ("length_groups_s", lambda: encoder(**batch))):
+        out["fine_tuning_step_128_dev_captions"][name] = round(best_of(fwd_bwd(encoder, fn, False)), 2)
     with torch.no_grad():
         for batch in (16, 32, 64, 128, 512):
             s = best_of(lambda batch=batch: encode_by_length(encoded, processor.collate, lambda b: encoder(**b), batch))

@@ -440,3 +440,42 @@ def test_tiny_gpo_text_run_caches_token_states_trains_and_serves(tmp_path):
     assert matcher.model.text_encoder.pool is not None
     im, tx = matcher.embed_corpus(load_corpus("precomp", str(data), "dev"))
     assert evaluate_embeddings(im, tx)["rsum"] == pytest.approx(summary["best"]["val/rsum"], abs=1e-9)
+
+
+@pytest.mark.parametrize("pool", ["mean", "gpo"])
+def test_training_passes_in_length_groups_give_the_one_pass_values_and_gradients(processor, pool):
+    """Reference: the whole padded batch in one transformer pass (what the grouped pass replaces)."""
+    from itmatch.models import minilm
+
+    words = "a dog runs on the green grass near two small children playing with a red ball".split()
+    texts = [" ".join(words[: 1 + (7 * i) % len(words)]) for i in range(minilm.LENGTH_GROUP + 9)]
+    batch = processor.collate(processor.encode(texts))
+    assert len(set(batch["attention_mask"].sum(1).tolist())) > 5
+    torch.manual_seed(0)
+    enc = MiniLMTextEncoder(embed_dim=16, pool=pool).eval()  # eval: no dropout, so both are deterministic
+    assert not enc.backbone_frozen()  # a training transformer: no memo, the grouped pass
+    results = []
+    for grouped in (False, True):
+        enc.zero_grad()
+        widths = []
+        hook = enc.backbone.register_forward_hook(lambda mod, args, kw, out, widths=widths: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+        if grouped:
+            out = enc(**batch)
+        else:
+            states = enc._encode(**batch)
+            out = l2_normalize_rows(enc, states, batch["attention_mask"])
+        hook.remove()
+        out.pow(2).mul(torch.arange(out.shape[1])).sum().backward()
+        grad = enc.backbone.encoder.layer[0].attention.self.query.weight.grad.clone()
+        results.append((out.detach(), grad, widths))
+    (one, g_one, w_one), (grp, g_grp, w_grp) = results
+    assert w_one == [batch["input_ids"].shape[1]] and len(w_grp) == 2 and max(w_grp) == w_one[0] and min(w_grp) < w_one[0]
+    torch.testing.assert_close(grp, one, rtol=0, atol=2e-5)
+    torch.testing.assert_close(g_grp, g_one, rtol=1e-3, atol=1e-5)
+
+
+def l2_normalize_rows(enc: MiniLMTextEncoder, encoded: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The encoder's head over a one-pass :meth:`_encode` output, written out."""
+    if enc.pool is None:
+        return torch.nn.functional.normalize(enc.fc(encoded), dim=-1)
+    return torch.nn.functional.normalize(enc.pool(enc.fc(encoded), mask.sum(1)), dim=-1)
