@@ -7,9 +7,10 @@ best recipe's choices (docs/benchmarks.md, "The best recipe").
    channels-last, as photo fine-tuning runs it) and of MiniLM (batch 128 captions of 16 word
    pieces), in fp32 and bf16 autocast: photos/s and captions/s, the best of 2 timed repeats after
    a warm-up.
-2. A fine-tuning step's text side (128 Flickr8k dev captions, forward + backward, fp32) in one
+2. One Adam step over MiniLM's parameters, per-tensor (torch's CPU default) and fused: seconds.
+3. A fine-tuning step's text side (128 Flickr8k dev captions, forward + backward, fp32) in one
    padded pass and in MiniLMTextEncoder's length groups: seconds.
-3. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
+4. MiniLM embedding of 1,024 Flickr8k dev captions through ``encode_by_length`` at several batch
    sizes, and in file order (no sorting) at 512, the old default: seconds.
 
 Writes benchmarks/results/finetune_speed.json (``--name``: another file, for another CPU's
@@ -76,6 +77,14 @@ def main() -> None:
     for prec in ("fp32", "bf16"):
         s = best_of(fwd_bwd(bert, lambda: bert(input_ids=ids, attention_mask=mask).last_hidden_state, prec == "bf16"))
         out["training_speed"][f"minilm_{prec}_captions_per_s"] = round(128 / s, 1)
+
+    params = list(bert.parameters())  # one Adam step over MiniLM's parameters: per-tensor loop vs fused
+    for p in params:
+        p.grad = torch.full_like(p, 1e-3)
+    out["adam_step_minilm_s"] = {}
+    for name, kw in (("per_tensor", {}), ("fused", {"fused": True})):
+        opt = torch.optim.Adam(params, lr=1e-4, **kw)
+        out["adam_step_minilm_s"][name] = round(best_of(opt.step, repeats=5), 3)
 
     captions = load_corpus("flickr8k", str(args.data), "dev").flat_captions()[:1024]
     processor, encoder = MiniLMTextProcessor(), MiniLMTextEncoder(embed_dim=64).eval()

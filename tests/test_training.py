@@ -209,3 +209,31 @@ def test_init_from_loads_the_base_weights_and_refuses_another_model(tmp_path, pr
     wider = load_config(write_recipe(tmp_path, clf_only), tiny_overrides(precomp_data, "model.embed_dim=24"))
     with pytest.raises(ItmatchError, match=r"its model config differs from this recipe's \(embed_dim: \d+ there, 24 here\)"):
         train(wider, tmp_path / "wider", init_from=base)
+
+
+def test_the_trainers_fused_adam_steps_like_the_per_tensor_loop_and_bumps_versions():
+    """Reference: torch's default (per-tensor) Adam with the same groups, stepped on the same gradients."""
+    from itmatch.models import build_model
+    from itmatch.training.schedule import parse_stage
+    from itmatch.training.step import StepContext, _clip_and_step
+    from itmatch.training.trainer import make_optimizers, set_trainable
+
+    torch.manual_seed(0)
+    model = build_model({"embed_dim": 8, "word_dim": 4}, vocab_size=20, feature_dim=6)
+    stage = parse_stage({"name": "s", "epochs": 1, "lr": 1e-2, "train": ["image", "text"], "rank": "sum"}, "t")
+    set_trainable(model, stage)
+    (opt,) = make_optimizers(model, stage, 0).values()
+    assert all(g["fused"] for g in opt.param_groups)
+    params = [p for g in opt.param_groups for p in g["params"]]
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    ref_opt = torch.optim.Adam([{"params": reference, "lr": 1e-2}])
+    for _ in range(3):
+        grads = [torch.randn_like(p) for p in params]
+        for p, r, g in zip(params, reference, grads):
+            p.grad, r.grad = g.clone(), g.clone()
+        versions = [p._version for p in params]
+        _clip_and_step(opt, StepContext(grad_clip=0.0))
+        ref_opt.step()
+        assert all(p._version > v for p, v in zip(params, versions))  # the caches see the change
+        for p, r in zip(params, reference):
+            torch.testing.assert_close(p.detach(), r.detach(), rtol=1e-6, atol=1e-7)

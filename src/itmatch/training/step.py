@@ -119,6 +119,11 @@ def _clip_and_step(optimizer: torch.optim.Optimizer, ctx: StepContext) -> None:
         ctx.scaler.step(optimizer)
     else:
         optimizer.step()
+    # A fused optimizer writes the parameters without bumping their version counters, which
+    # tell the feature cache and the sentence memo that a frozen encoder changed: bump them.
+    fused = [p for g in optimizer.param_groups if g.get("fused") for p in g["params"] if p.grad is not None]
+    if fused:
+        torch.autograd.graph.increment_version(fused)
 
 
 def _hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

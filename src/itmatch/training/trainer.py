@@ -111,7 +111,16 @@ def make_optimizers(model: JointModel, stage: Stage, epoch: int) -> dict[str, to
         if part in stage.train and params:
             key = "classifier" if part == "classifier" else "encoders"
             groups[key].append({"params": params, "lr": stage.lr_for(part, epoch), "part": part})
-    return {key: torch.optim.Adam(g) for key, g in groups.items() if g}
+    return {key: torch.optim.Adam(g, fused=_fused_adam_fits(g)) for key, g in groups.items() if g}
+
+
+def _fused_adam_fits(groups: list[dict[str, Any]]) -> bool:
+    """Whether torch's fused Adam kernel takes these parameters (CPU or CUDA floats). It updates
+    the same way as the default per-tensor loop in one pass: a step over MiniLM's 22.7M
+    parameters took 0.05 s against 0.27-0.31 s on one CPU thread (benchmarks/results/finetune_speed.json),
+    a tenth of a fine-tuning step."""
+    params = [p for g in groups for p in g["params"]]
+    return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
 
 def set_learning_rates(
