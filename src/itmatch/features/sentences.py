@@ -10,10 +10,11 @@ Layout: ``CACHE/sentences/minilm-<weights digest>.npz`` (NumPy arrays only, read
 ``offsets`` (sentence ``i`` is ``tokens[offsets[i]:offsets[i + 1]]``) and ``vectors``
 (float32, one row per sentence). An encoder that pools token states itself (``text_pool: gpo``)
 caches those instead, in ``minilm-tokens-<weights digest>.npz``: ``vectors`` there holds one
-float16 row per token, sentence ``i``'s rows being ``vectors[offsets[i]:offsets[i + 1]]``. The key is a digest of the transformer's weights, like the
-image feature cache's key, so a fine-tuned transformer never reads a pretrained one's vectors;
-the tokenizer's truncation is part of the token ids themselves. Writes are atomic under an
-exclusive lock; a cache file that cannot be read is rebuilt.
+float16 row per token, sentence ``i``'s rows being ``vectors[offsets[i]:offsets[i + 1]]``.
+The key is a digest of the transformer's weights, like the image feature cache's key, so a
+fine-tuned transformer never reads a pretrained one's vectors; the tokenizer's truncation is part
+of the token ids themselves. Writes are atomic under an exclusive lock; a cache file that cannot
+be read is rebuilt.
 """
 
 from __future__ import annotations

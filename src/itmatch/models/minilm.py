@@ -39,7 +39,9 @@ from itmatch.models.pooling import GPO
 
 SENTENCE_DIM = 384
 DEFAULT_MAX_LENGTH = 48  # word pieces incl. [CLS]/[SEP]; Flickr/COCO captions are ~12-20
-_MEMO_LIMIT = 500_000  # memoised sentences before the memo is cleared (~770 MB of float32)
+# Memoised sentences before the memo is cleared: ~770 MB of float32 sentence vectors, or ~5.8 GB
+# of float16 token states (text_pool: gpo, ~15 tokens a caption).
+_MEMO_LIMIT = 500_000
 POOLINGS = ("mean", "gpo")
 # Sentences per transformer pass while it trains: a batch is cut into groups of similar length,
 # each padded to its own longest, so padding costs little. A Flickr8k batch of 128 captions
