@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
+from train_throughput import matmul_gflops
 
 from itmatch.models import build_model
 from itmatch.training.schedule import parse_stage
@@ -32,7 +33,6 @@ from itmatch.training.step import StepContext, train_step
 from itmatch.training.trainer import make_optimizers, set_trainable
 
 from _common import write_result
-from train_throughput import matmul_gflops
 
 B, D = 128, 1024
 # name: (model config, input kind, input shape per image, parts trained, what it is)

@@ -222,13 +222,30 @@ def run(
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc")
 
 
+def last_stage_epoch_s(curve: list[dict[str, Any]]) -> float:
+    """The median epoch time of a run's last stage (a fine-tuning stage's epochs cost minutes
+    where the frozen stages before it cost seconds: a median over all of them says neither)."""
+    last = curve[-1]["stage"]
+    times = [p["epoch_time_s"] for p in curve if p["stage"] == last and p["epoch_time_s"] is not None]
+    return statistics.median(times) if times else float("nan")
+
+
+def precision_of(entries: list[dict[str, Any]]) -> str:
+    """The training precision of a variant's runs, from their overrides (a later one wins)."""
+    found = set()
+    for e in entries:
+        chosen = [o.split("=", 1)[1] for o in e["overrides"] if o.startswith("training.precision=")]
+        found.add(chosen[-1] if chosen else "fp32")
+    return "/".join(sorted(found))
+
+
 def table(result: str = RESULT) -> str:
     runs = load_results(result).get("runs", {})
     by_variant: dict[str, list[dict[str, Any]]] = {}
     for entry in runs.values():
         by_variant.setdefault(entry["variant"], []).append(entry)
-    head = "| variant | seeds | selection | " + " | ".join(COLUMNS) + " | plateau / epochs | s per epoch |"
-    lines = [head, "|" + "---|" * (len(COLUMNS) + 5)]
+    head = "| variant | seeds | selection | " + " | ".join(COLUMNS) + " | plateau / epochs | precision | s per epoch (last stage) | total s |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 7)]
     for name, entries in by_variant.items():
         cells = []
         for col in COLUMNS:
@@ -237,11 +254,12 @@ def table(result: str = RESULT) -> str:
             cells.append(f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""))
         plateau = "/".join(str(plateau_epoch(e["curve"])) for e in entries)
         epochs = entries[0]["epochs"]
-        sec = statistics.mean(e["epoch_time_s_median"] for e in entries)
+        sec = statistics.mean(last_stage_epoch_s(e["curve"]) for e in entries)
+        total = statistics.mean(e["train_wall_s"] for e in entries)
         lines.append(
             f"| {name} | {len(entries)} | {entries[0]['selection']} | "
             + " | ".join(cells)
-            + f" | {plateau} / {epochs} | {sec:.0f} |"
+            + f" | {plateau} / {epochs} | {precision_of(entries)} | {sec:.0f} | {total:.0f} |"
         )
     return "\n".join(lines)
 

@@ -18,6 +18,9 @@ Flickr8k benchmark); the others change one thing of it:
 - ``best_gpo`` / ``best_gpo_frozen``: the sentence is GPO over MiniLM's projected token states
   (``model.text_pool=gpo``, VSE-infinity's text side) instead of the mean of its token states;
   with and without the fine-tuning stage;
+- ``best_frozen_300`` / ``best_300``: Lite2 features of the photos at 300 px instead of its
+  native 260 (a CNN trained on random crops often does better a little above its training size:
+  Touvron et al., "Fixing the train-test resolution discrepancy", 2019);
 - ``best_e8``: 8 fine-tuning epochs instead of 4 (the cosine then spans 8);
 - ``best_step``: 4 epochs at a constant rate, no warm-up (the schedule of the earlier one-epoch runs);
 - ``best_fp32``: the recipe in float32 (is bf16 as good?);
@@ -50,6 +53,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_top2_lr5e5": (RECIPE, HOLDOUT + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=5.0e-5"], "only the top 2 layers fine-tuned, at lr 5e-5"),
     "best_gpo": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo"], "GPO over MiniLM's projected token states instead of its mean (VSE-infinity's text side)"),
     "best_gpo_frozen": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo", f"{FT}.epochs=0"], "best_gpo without its fine-tuning stage"),
+    "best_frozen_300": (RECIPE, HOLDOUT + ["data.image_size=300", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 300 px photos (260 is its training size)"),
+    "best_300": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300"], "the recipe on Lite2 features of 300 px photos"),
     "best_e8": (RECIPE, HOLDOUT + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
     "best_step": (
         RECIPE,
