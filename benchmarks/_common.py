@@ -9,6 +9,7 @@ torch/numpy versions and threads, GPU if any, load average). Scripts import it a
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -17,6 +18,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +177,22 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
         raise ValueError(f"write_result({name!r}): payload keys {clash} clash with the result header")
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path = RESULTS_DIR / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")
     tmp.write_text(json.dumps({**header, **payload}, indent=2) + "\n")
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def result_lock(name: str) -> Iterator[None]:
+    """Hold an exclusive lock on ``benchmarks/results/NAME.json`` for a read-modify-write: two
+    benchmark runs finishing at once would otherwise each write the file without the other's entry."""
+    import fcntl
+
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS_DIR / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -29,7 +29,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT, RESULTS_DIR, bf16_speedup, cpu_flags, write_result
+from _common import REPO_ROOT, RESULTS_DIR, bf16_speedup, cpu_flags, result_lock, write_result
 
 RESULT = "flickr8k_baseline"
 RUNS = Path("/tmp/itmatch-f8k-baseline")
@@ -211,9 +211,10 @@ def run(
         "curve": curve,
         "run_dir": str(run_dir),
     }
-    results = load_results(result).get("runs", {})
-    results[f"{variant}-seed{seed}"] = entry
-    write_result(result, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
+    with result_lock(result):
+        results = load_results(result).get("runs", {})
+        results[f"{variant}-seed{seed}"] = entry
+        write_result(result, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
     print(json.dumps({k: entry[k] for k in ("variant", "seed", "plateau_epoch", "epochs", "train_wall_s")}
                      | {"dev_rsum": metrics["rsum"], "probe_acc": metrics["probe_acc"]}))  # fmt: skip
     return entry

@@ -37,7 +37,7 @@ from typing import Any
 import flickr8k_backbones as fb_backbones
 import flickr8k_baseline as fb
 
-from _common import REPO_ROOT, write_result
+from _common import REPO_ROOT, result_lock, write_result
 
 MMD_BANDWIDTH = 1.0  # = itmatch.evaluation.invariance.MMD_BANDWIDTH, the kernel of every MMD here
 
@@ -131,11 +131,12 @@ def classifier_dev_accuracy(run_dir: Path, data: Path, checkpoint: str = "best")
 
 
 def _save(key: str, entry: dict[str, Any]) -> None:
-    results = fb.load_results(RESULT).get("runs", {})
-    results[key] = entry
-    payload = {"mmd_bandwidth": MMD_BANDWIDTH, "split": "dev, all 1,000 images", "plateau_delta_rsum": fb.PLATEAU_DELTA,
-               "runs": dict(sorted(results.items()))}  # fmt: skip
-    write_result(RESULT, payload)
+    with result_lock(RESULT):
+        results = fb.load_results(RESULT).get("runs", {})
+        results[key] = entry
+        payload = {"mmd_bandwidth": MMD_BANDWIDTH, "split": "dev, all 1,000 images", "plateau_delta_rsum": fb.PLATEAU_DELTA,
+                   "runs": dict(sorted(results.items()))}  # fmt: skip
+        write_result(RESULT, payload)
 
 
 def run(variant: str, seed: int, data: Path) -> dict[str, Any]:

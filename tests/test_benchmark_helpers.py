@@ -1,0 +1,49 @@
+"""The benchmark scripts' shared helpers (benchmarks/_common.py): concurrent result updates."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture
+def common(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import _common
+
+    monkeypatch.setattr(_common, "RESULTS_DIR", tmp_path)
+    monkeypatch.setattr(_common, "git_state", lambda: {})  # no git in tmp_path's way
+    return _common
+
+
+def _add_entries(results_dir: str, worker: int, count: int) -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    import _common
+
+    _common.RESULTS_DIR = Path(results_dir)
+    _common.git_state = lambda: {}
+    path = Path(results_dir) / "shared.json"
+    for i in range(count):
+        with _common.result_lock("shared"):
+            runs = json.loads(path.read_text())["runs"] if path.exists() else {}
+            runs[f"w{worker}-{i}"] = i
+            _common.write_result("shared", {"runs": runs})
+
+
+def test_concurrent_read_modify_writes_under_the_result_lock_keep_every_entry(common, tmp_path):
+    ctx = mp.get_context("spawn")
+    workers = [ctx.Process(target=_add_entries, args=(str(tmp_path), w, 15)) for w in range(3)]
+    for p in workers:
+        p.start()
+    for p in workers:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+    runs = json.loads((tmp_path / "shared.json").read_text())["runs"]
+    assert sorted(runs) == sorted(f"w{w}-{i}" for w in range(3) for i in range(15))
+    assert not list(tmp_path.glob("*.tmp"))  # every writer's temporary file was renamed into place
