@@ -47,8 +47,8 @@ def cpu_has_fast_bf16() -> bool:
     fp32 on a linear layer), not read from its flags: with native bf16 arithmetic it ran 2.8x
     fp32 (AMD EPYC, AVX-512 BF16: results/train_throughput_bf16_2threads.json) or 2.3x (Intel
     Xeon with AMX: MiniLM, results/finetune_speed.json); emulated on AVX2 it was 9x slower
-    (results/train_throughput{,_bf16}_avx2.json); and an Intel Xeon with AVX-512 BF16 but no
-    AMX ran it 1.6x slower than fp32."""
+    (results/train_throughput{,_bf16}_avx2.json); and on an Intel Xeon with AVX-512 BF16 but no
+    AMX MiniLM ran at 0.63x fp32 (results/finetune_speed_noamx.json)."""
     return BF16_SPEEDUP is not None and BF16_SPEEDUP >= 1.25
 
 

@@ -18,8 +18,8 @@ adversarial epochs only). Selection: the best held-out-train (500 images) valida
 ``lite2_*`` rows repeat the baseline / control / adversary / MMD comparison on the stronger frozen
 model (EfficientNet-Lite2 features, benchmarks/flickr8k_backbones.py); ``ft_adv`` and ``ft_mmd``
 ask it of the best model (configs/vse_minilm_ft.yaml, MiniLM fine-tuned), the adversary or the
-MMD penalty on in its fine-tuning stage, against the recipe itself (``best``, copied from
-results/flickr8k_best.json by ``import-baseline``). The plot shows the Lite0 testbed only.
+MMD penalty on in its fine-tuning stage, against the recipe itself (``best`` / ``best_fp32``,
+copied from results/flickr8k_best.json by ``import-baseline``). The plot shows the Lite0 testbed only.
 
 Per run the results hold dev R@1/5/10 both ways, rsum, a fresh linear probe's accuracy,
 the centroid distance, MMD (RBF kernel, one fixed bandwidth sigma = 1.0 for the whole table:
@@ -87,8 +87,9 @@ VARIANTS.update({
 })  # fmt: skip
 # The same question on the best model (configs/vse_minilm_ft.yaml: Lite2 features, MiniLM
 # fine-tuned 4 epochs): the adversary or the MMD penalty switched on in its fine-tuning stage, so
-# the control is the recipe itself (variant ``best`` of benchmarks/flickr8k_best.py: same epochs,
-# same schedule, rows copied by ``import-baseline``). D trains from scratch in that stage at
+# the control is the recipe itself (variants ``best`` and, in float32 as these runs on a CPU
+# without fast bf16, ``best_fp32`` of benchmarks/flickr8k_best.py: same epochs, same schedule,
+# rows copied by ``import-baseline``). D trains from scratch in that stage at
 # 1e-3 (10x the stage's rate, as miie_adv's 50x), while the DANN ramp holds lambda near 0.
 FT = "stages.text_finetune"
 FT_BEST = fb.HOLDOUT + fb.BF16
@@ -96,13 +97,16 @@ VARIANTS.update({
     "ft_adv": ("vse_minilm_ft", FT_BEST + [f"{FT}.train=[image,text,text_backbone,classifier]", f"{FT}.lr_parts={{classifier: 1.0e-3}}",
                                            f"{FT}.adversarial={{mode: grl, lambda: 0.1, schedule: dann}}"],
                "best recipe, adversary (GRL, lambda 0.1 DANN, D 1024-512-256 at lr 1e-3) in its fine-tuning stage"),
+    "ft_adv_lam001": ("vse_minilm_ft", FT_BEST + [f"{FT}.train=[image,text,text_backbone,classifier]", f"{FT}.lr_parts={{classifier: 1.0e-3}}",
+                                                  f"{FT}.adversarial={{mode: grl, lambda: 0.01, schedule: dann}}"],
+                      "ft_adv at lambda 0.01 (DANN ramp)"),
     "ft_mmd": ("vse_minilm_ft", FT_BEST + [f"{FT}.align={{kind: mmd, weight: 10.0}}"],
                "best recipe, MMD penalty (sigma 1, weight 10 per pair) in its fine-tuning stage"),
 })  # fmt: skip
-BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2", "ft_adv", "ft_mmd")}
+BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2") and not name.startswith("ft_")}
 BASE.update({name: "minilm_lite2" for name in ("lite2_more", "lite2_adv", "lite2_mmd")})
 LITE2_ROWS = ("minilm_lite2", "lite2_more", "lite2_adv", "lite2_mmd")  # a second testbed: not in the Lite0 plot
-FT_ROWS = ("best", "ft_adv", "ft_mmd")  # a third: the fine-tuned best model
+FT_ROWS = ("best", "best_fp32", "ft_adv", "ft_adv_lam001", "ft_mmd")  # a third: the fine-tuned best model
 
 
 def testbed(variant: str) -> int:
@@ -171,7 +175,7 @@ def import_baseline_rows() -> list[str]:
     ``classifier_acc`` stays absent: minilm, minilm_more and best never train the classifier, and
     minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
     copied = []
-    for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best",))):
+    for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best", "best_fp32"))):
         for key, entry in fb.load_results(source).get("runs", {}).items():
             if entry["variant"] in variants and key not in fb.load_results(RESULT).get("runs", {}):
                 _save(key, {**entry, "scored_by": f"{source}.py (copied)"})

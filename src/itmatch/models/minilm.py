@@ -44,9 +44,9 @@ DEFAULT_MAX_LENGTH = 48  # word pieces incl. [CLS]/[SEP]; Flickr/COCO captions a
 _MEMO_LIMIT = 500_000
 POOLINGS = ("mean", "gpo")
 # Sentences per transformer pass while it trains: a batch is cut into groups of similar length,
-# each padded to its own longest, so padding costs little. A Flickr8k batch of 128 captions
-# (longest 31 word pieces, mean 14.8) took 5.2-5.8 s forward + backward on one thread in one
-# pass and 3.0-3.2 s in 4 groups of 32 (benchmarks/results/finetune_speed.json).
+# each padded to its own longest, so padding costs little. 128 Flickr8k dev captions (longest 32
+# word pieces, mean 14.8) took 3.93 s forward + backward on one (loaded) thread in one pass and
+# 2.19 s in 4 groups of 32 (benchmarks/results/finetune_speed_noamx.json).
 LENGTH_GROUP = 32
 
 

@@ -117,8 +117,8 @@ def make_optimizers(model: JointModel, stage: Stage, epoch: int) -> dict[str, to
 def _fused_adam_fits(groups: list[dict[str, Any]]) -> bool:
     """Whether torch's fused Adam kernel takes these parameters (CPU or CUDA floats). It updates
     the same way as the default per-tensor loop in one pass: a step over MiniLM's 22.7M
-    parameters took 0.05 s against 0.27-0.31 s on one CPU thread (benchmarks/results/finetune_speed.json),
-    a tenth of a fine-tuning step."""
+    parameters took 0.061 s against 0.101 s on one loaded CPU thread
+    (benchmarks/results/finetune_speed_noamx.json)."""
     params = [p for g in groups for p in g["params"]]
     return bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
 
