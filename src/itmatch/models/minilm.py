@@ -159,7 +159,6 @@ class MiniLMTextEncoder(nn.Module):
         super().__init__()
         if pool not in POOLINGS:
             raise ConfigError(f"model.text_pool: unknown MiniLM pooling {pool!r}; known: null (mean), 'gpo'")
-        self.pool_kind = pool
         self.backbone = load_minilm(model_path)
         layers = len(self.backbone.encoder.layer)
         if tune_layers is not None and not 1 <= tune_layers <= layers:
