@@ -175,9 +175,10 @@ def import_baseline_rows() -> list[str]:
     ``classifier_acc`` stays absent: minilm, minilm_more and best never train the classifier, and
     minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
     copied = []
+    present = set(fb.load_results(RESULT).get("runs", {}))
     for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best", "best_fp32"))):
         for key, entry in fb.load_results(source).get("runs", {}).items():
-            if entry["variant"] in variants and key not in fb.load_results(RESULT).get("runs", {}):
+            if entry["variant"] in variants and key not in present:
                 _save(key, {**entry, "scored_by": f"{source}.py (copied)"})
                 copied.append(key)
     return copied

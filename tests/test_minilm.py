@@ -355,6 +355,17 @@ def test_gpo_text_pooling_with_forced_weights_is_max_or_mean_over_real_tokens(gp
         torch.testing.assert_close(got, expected, rtol=0, atol=2e-5)
 
 
+def _frozen_copy(live: MiniLMTextEncoder) -> tuple[MiniLMTextEncoder, list[int]]:
+    """A frozen, memoising GPO encoder with ``live``'s weights, and a list that grows by one per transformer pass."""
+    encoder = MiniLMTextEncoder(embed_dim=16, pool="gpo")
+    encoder.load_state_dict(live.state_dict())
+    encoder.requires_grad_(False)
+    encoder.eval()
+    calls: list[int] = []
+    encoder.backbone.register_forward_hook(lambda *a: calls.append(1))
+    return encoder, calls
+
+
 def test_gpo_text_memo_and_disk_cache_hold_float16_token_states(processor, tmp_path):
     from itmatch.features.sentences import cache_file, prime_sentence_cache
 
@@ -364,12 +375,7 @@ def test_gpo_text_memo_and_disk_cache_hold_float16_token_states(processor, tmp_p
     live = MiniLMTextEncoder(embed_dim=16, pool="gpo", memoize_frozen=False).eval()
     with torch.no_grad():
         reference = live(**batch)  # no memo: float32 token states
-    first = MiniLMTextEncoder(embed_dim=16, pool="gpo")
-    first.load_state_dict(live.state_dict())
-    first.requires_grad_(False)
-    first.eval()
-    calls = []
-    first.backbone.register_forward_hook(lambda *a: calls.append(1))
+    first, calls = _frozen_copy(live)
     with torch.no_grad():
         memoised = first(**batch)
         again = first(**batch)
@@ -388,12 +394,7 @@ def test_gpo_text_memo_and_disk_cache_hold_float16_token_states(processor, tmp_p
     with np.load(path, allow_pickle=False) as z:
         assert z["vectors"].dtype == np.float16
         assert z["vectors"].shape == (sum(len(e) for e in encoded[:4]), 384)  # one row per token
-    second = MiniLMTextEncoder(embed_dim=16, pool="gpo")
-    second.load_state_dict(live.state_dict())
-    second.requires_grad_(False)
-    second.eval()
-    second_calls = []
-    second.backbone.register_forward_hook(lambda *a: second_calls.append(1))
+    second, second_calls = _frozen_copy(live)
     assert prime_sentence_cache(second, encoded, tmp_path)["cached"] == 4
     with torch.no_grad():
         from_disk = second(**batch)
