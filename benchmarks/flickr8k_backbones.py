@@ -26,10 +26,10 @@ seed, ``extraction`` per backbone); runs live in /tmp/itmatch-f8k-baseline/<vari
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -229,39 +229,36 @@ def table() -> str:
     return "\n".join(lines)
 
 
+def _extract_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("backbone", choices=sorted(BACKBONES))
+    base.data_argument(p)
+    p.add_argument("--speed-only", action="store_true", help="only the 300-photo timing (cache already full)")
+
+
+def _speed_arguments(p: argparse.ArgumentParser) -> None:
+    base.data_argument(p)
+    p.add_argument("--images", type=int, default=64)
+    p.add_argument("--rounds", type=int, default=3)
+
+
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "extract":
-        import argparse
-
-        ap = argparse.ArgumentParser(prog="flickr8k_backbones.py extract")
-        ap.add_argument("backbone", choices=sorted(BACKBONES))
-        ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
-        ap.add_argument("--speed-only", action="store_true", help="only the 300-photo timing (cache already full)")
-        args = ap.parse_args(sys.argv[2:])
-        extract(args.backbone, args.data, args.speed_only)
-    elif len(sys.argv) > 1 and sys.argv[1] == "run":
-        import argparse
-
-        ap = argparse.ArgumentParser(prog="flickr8k_backbones.py run")
-        ap.add_argument("variant", choices=sorted(VARIANTS))
-        ap.add_argument("--seed", type=int, default=0)
-        ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
-        args = ap.parse_args(sys.argv[2:])
-        run(args.variant, args.seed, args.data)
-    elif len(sys.argv) > 1 and sys.argv[1] == "speed":
-        import argparse
-
-        ap = argparse.ArgumentParser(prog="flickr8k_backbones.py speed")
-        ap.add_argument("--data", type=Path, default=base.DEFAULT_DATA)
-        ap.add_argument("--images", type=int, default=64)
-        ap.add_argument("--rounds", type=int, default=3)
-        args = ap.parse_args(sys.argv[2:])
-        speed(args.data, args.images, args.rounds)
-    elif len(sys.argv) > 1 and sys.argv[1] == "table":
-        print(table())
-    else:
-        # plot (and --help) through the shared command line
-        base.main(__doc__, VARIANTS, {}, RESULT, "Flickr8k frozen MiniLM, Lite0 vs Lite1 vs Lite2")
+    base.main(
+        __doc__,
+        VARIANTS,
+        {},
+        RESULT,
+        "Flickr8k frozen MiniLM, Lite0 vs Lite1 vs Lite2",
+        extra={
+            "extract": ("cache one backbone's features and time its extraction", _extract_arguments,
+                        lambda args: extract(args.backbone, args.data, args.speed_only)),
+            "speed": ("photos/s of each backbone's forward pass", _speed_arguments,
+                      lambda args: speed(args.data, args.images, args.rounds)),
+            "run": ("train one variant and score it on dev", base.run_arguments(VARIANTS),
+                    lambda args: run(args.variant, args.seed, args.data)),
+            "table": ("markdown table of every run so far, with the cost of each backbone", lambda p: None,
+                      lambda args: print(table())),
+        },
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -288,29 +289,49 @@ def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline") -> Path:
     return out
 
 
+# An extra subcommand of `main`: (help, add its arguments to the subparser, run it on the parsed args).
+Command = tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], None]]
+
+
 def main(
     doc: str = __doc__,
     variants: dict[str, tuple[str, list[str], str]] = VARIANTS,
     base_of: dict[str, str] = BASE,
     result: str = RESULT,
     title: str = "Flickr8k VSE++ baseline",
+    extra: dict[str, Command] | None = None,
 ) -> None:
-    """The `run VARIANT --seed S` / `table` / `plot` command line, shared by the Flickr8k benchmarks."""
+    """The `run VARIANT --seed S` / `table` / `plot` command line, shared by the Flickr8k
+    benchmarks; `extra` adds a script's own subcommands (or replaces one of these three)."""
+    builtin: dict[str, Command] = {
+        "run": (
+            "train one variant and score it on dev",
+            run_arguments(variants),
+            lambda args: run(args.variant, args.seed, args.data, variants, base_of, result),
+        ),
+        "table": ("markdown table of every run so far", lambda p: None, lambda args: print(table(result))),
+        "plot": ("learning curves -> results/RESULT_curves.png", lambda p: None, lambda args: print(plot(result, title))),
+    }
+    commands = {**builtin, **(extra or {})}
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("variant", choices=sorted(variants))
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    sub.add_parser("table")
-    sub.add_parser("plot")
+    for name, (help_text, add_arguments, _) in commands.items():
+        add_arguments(sub.add_parser(name, help=help_text))
     args = ap.parse_args()
-    if args.command == "run":
-        run(args.variant, args.seed, args.data, variants, base_of, result)
-    elif args.command == "table":
-        print(table(result))
-    else:
-        print(plot(result, title))
+    commands[args.command][2](args)
+
+
+def run_arguments(variants: dict[str, tuple[str, list[str], str]]) -> Callable[[argparse.ArgumentParser], None]:
+    def add(p: argparse.ArgumentParser) -> None:
+        p.add_argument("variant", choices=sorted(variants))
+        p.add_argument("--seed", type=int, default=0)
+        data_argument(p)
+
+    return add
+
+
+def data_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Flickr8k folder (default: %(default)s)")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ accuracy. Results accumulate in benchmarks/results/flickr8k_invariance.json; run
 
 from __future__ import annotations
 
+import argparse
 import statistics
 from pathlib import Path
 from typing import Any
@@ -263,32 +264,29 @@ def plot() -> Path:
     return PLOT
 
 
-def main() -> None:
-    import argparse
+def _seed_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seed", type=int, default=0)
+    fb.data_argument(p)
 
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run")
-    r.add_argument("variant", choices=sorted(VARIANTS))
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--data", type=Path, default=fb.DEFAULT_DATA)
-    last = sub.add_parser("last", help="score the baseline runs' last epoch (row minilm_last)")
-    last.add_argument("--seed", type=int, default=0)
-    last.add_argument("--data", type=Path, default=fb.DEFAULT_DATA)
-    sub.add_parser("import-baseline", help="copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json")
-    sub.add_parser("table")
-    sub.add_parser("plot")
-    args = ap.parse_args()
-    if args.command == "run":
-        run(args.variant, args.seed, args.data)
-    elif args.command == "last":
-        score_last(args.seed, args.data)
-    elif args.command == "import-baseline":
-        print(import_baseline_rows())
-    elif args.command == "table":
-        print(table())
-    else:
-        print(plot())
+
+def main() -> None:
+    fb.main(
+        __doc__,
+        VARIANTS,
+        BASE,
+        RESULT,
+        extra={
+            "run": ("train one variant and score it on dev", fb.run_arguments(VARIANTS),
+                    lambda args: run(args.variant, args.seed, args.data)),
+            "last": ("score the baseline runs' last epoch (row minilm_last)", _seed_arguments,
+                     lambda args: score_last(args.seed, args.data)),
+            "import-baseline": ("copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json",
+                                lambda p: None, lambda args: print(import_baseline_rows())),
+            "table": ("markdown table of every run so far", lambda p: None, lambda args: print(table())),
+            "plot": ("rsum against probe accuracy and centroid distance -> docs/invariance_tradeoff.png",
+                     lambda p: None, lambda args: print(plot())),
+        },
+    )  # fmt: skip
 
 
 if __name__ == "__main__":

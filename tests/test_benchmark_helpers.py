@@ -1,4 +1,4 @@
-"""The benchmark scripts' shared helpers (benchmarks/_common.py): concurrent result updates."""
+"""The benchmark scripts' shared helpers (benchmarks/_common.py, the Flickr8k command line): concurrent result updates, subcommand dispatch."""
 
 from __future__ import annotations
 
@@ -47,3 +47,34 @@ def test_concurrent_read_modify_writes_under_the_result_lock_keep_every_entry(co
     runs = json.loads((tmp_path / "shared.json").read_text())["runs"]
     assert sorted(runs) == sorted(f"w{w}-{i}" for w in range(3) for i in range(15))
     assert not list(tmp_path.glob("*.tmp"))  # every writer's temporary file was renamed into place
+
+
+def test_the_shared_command_line_dispatches_its_own_and_a_script_s_extra_subcommands(monkeypatch, tmp_path, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import flickr8k_baseline as base
+
+    calls = []
+    monkeypatch.setattr(base, "run", lambda *a: calls.append(("run",) + a))
+    monkeypatch.setattr(base, "table", lambda result: f"table of {result}")
+    variants = {"v": ("vsepp", [], "a variant")}
+    extra = {
+        "seeds": ("over seeds", base.data_argument, lambda args: calls.append(("seeds", args.data))),
+        "plot": ("replaced", lambda p: p.add_argument("--dpi", type=int), lambda args: calls.append(("plot", args.dpi))),
+    }
+
+    def cli(*argv):
+        monkeypatch.setattr(sys, "argv", ["script.py", *argv])
+        base.main("doc", variants, {"v": "base"}, "res", "title", extra=extra)
+
+    cli("run", "v", "--seed", "3", "--data", str(tmp_path))
+    cli("seeds", "--data", str(tmp_path))
+    cli("plot", "--dpi", "72")
+    cli("table")
+    assert calls == [
+        ("run", "v", 3, tmp_path, variants, {"v": "base"}, "res"),
+        ("seeds", tmp_path),
+        ("plot", 72),
+    ]
+    assert capsys.readouterr().out == "table of res\n"
+    with pytest.raises(SystemExit):
+        cli("run", "not-a-variant")
