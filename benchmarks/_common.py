@@ -160,6 +160,9 @@ def reset_peak_rss() -> bool:
     return True
 
 
+RESULT_HEADER = ("name", "date", "command", "git", "machine")  # the bookkeeping keys write_result adds
+
+
 def write_result(name: str, payload: dict[str, Any]) -> Path:
     """Write ``benchmarks/results/NAME.json``: the payload plus command, date, git and machine blocks.
 
@@ -173,6 +176,7 @@ def write_result(name: str, payload: dict[str, Any]) -> Path:
         "git": git_state(),
         "machine": machine_info(),
     }
+    assert tuple(header) == RESULT_HEADER
     clash = sorted(set(header) & set(payload))
     if clash:
         raise ValueError(f"write_result({name!r}): payload keys {clash} clash with the result header")

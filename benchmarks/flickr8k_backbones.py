@@ -36,7 +36,7 @@ from typing import Any
 
 import flickr8k_baseline as base
 
-from _common import write_result
+from _common import RESULT_HEADER, result_lock, write_result
 
 RESULT = "flickr8k_backbones"
 SPEED_IMAGES = 300  # the first 300 train photos (file order), the same for every backbone
@@ -67,15 +67,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 BACKBONE_OF = {"minilm_lite0": "efficientnet_lite0", "minilm_lite1": "efficientnet_lite1", "minilm_lite2": "efficientnet_lite2"}
 
 
-HEADER = ("name", "date", "command", "git", "machine")  # written by write_result itself
-
-
 def _load() -> dict[str, Any]:
-    return {k: v for k, v in base.load_results(RESULT).items() if k not in HEADER}
-
-
-def _save(payload: dict[str, Any]) -> None:
-    write_result(RESULT, payload)
+    return {k: v for k, v in base.load_results(RESULT).items() if k not in RESULT_HEADER}
 
 
 def extract(backbone: str, data: Path, speed_only: bool = False) -> dict[str, Any]:
@@ -123,9 +116,10 @@ def extract(backbone: str, data: Path, speed_only: bool = False) -> dict[str, An
     entry["weights"] = weights_identity(backbone, None)
     if full:
         entry["full"] = full
-    results = _load()
-    results.setdefault("extraction", {})[backbone] = results.get("extraction", {}).get(backbone, {}) | entry
-    _save(results)
+    with result_lock(RESULT):
+        results = _load()
+        results.setdefault("extraction", {})[backbone] = results.get("extraction", {}).get(backbone, {}) | entry
+        write_result(RESULT, results)
     print(json.dumps(entry))
     return entry
 
@@ -172,19 +166,10 @@ def speed(data: Path, images: int = 64, rounds: int = 3) -> dict[str, Any]:
     lite0 = out["backbones"]["efficientnet_lite0"]["images_per_s"]
     for name in names:
         out["backbones"][name]["cost_vs_lite0"] = round(lite0 / out["backbones"][name]["images_per_s"], 2)
-    results = _load()
-    results["speed_interleaved"] = out
-    _save(results)
+    with result_lock(RESULT):
+        write_result(RESULT, _load() | {"speed_interleaved": out})
     print(json.dumps({n: {k: v for k, v in b.items() if k != "round_seconds"} for n, b in out["backbones"].items()}))
     return out
-
-
-def run(variant: str, seed: int, data: Path) -> dict[str, Any]:
-    kept = {k: v for k, v in _load().items() if k in ("extraction", "speed_interleaved")}
-    entry = base.run(variant, seed, data, VARIANTS, {}, RESULT)
-    # base.run rewrites the file with its runs only: put the timings back.
-    _save(_load() | kept)
-    return entry
 
 
 def table() -> str:
@@ -253,8 +238,6 @@ def main() -> None:
                         lambda args: extract(args.backbone, args.data, args.speed_only)),
             "speed": ("photos/s of each backbone's forward pass", _speed_arguments,
                       lambda args: speed(args.data, args.images, args.rounds)),
-            "run": ("train one variant and score it on dev", base.run_arguments(VARIANTS),
-                    lambda args: run(args.variant, args.seed, args.data)),
             "table": ("markdown table of every run so far, with the cost of each backbone", lambda p: None,
                       lambda args: print(table())),
         },

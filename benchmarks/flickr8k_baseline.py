@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import REPO_ROOT, RESULTS_DIR, bf16_speedup, cpu_flags, result_lock, write_result
+from _common import REPO_ROOT, RESULT_HEADER, RESULTS_DIR, bf16_speedup, cpu_flags, result_lock, write_result
 
 RESULT = "flickr8k_baseline"
 RUNS = Path("/tmp/itmatch-f8k-baseline")
@@ -212,13 +212,20 @@ def run(
         "curve": curve,
         "run_dir": str(run_dir),
     }
-    with result_lock(result):
-        results = load_results(result).get("runs", {})
-        results[f"{variant}-seed{seed}"] = entry
-        write_result(result, {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(results.items()))})
+    record_run(result, f"{variant}-seed{seed}", entry)
     print(json.dumps({k: entry[k] for k in ("variant", "seed", "plateau_epoch", "epochs", "train_wall_s")}
                      | {"dev_rsum": metrics["rsum"], "probe_acc": metrics["probe_acc"]}))  # fmt: skip
     return entry
+
+
+def record_run(result: str, key: str, entry: dict[str, Any], **blocks: Any) -> None:
+    """Put ``entry`` under ``runs[key]`` of results/RESULT.json (and set the top-level ``blocks``),
+    under the file's lock. The file's other blocks (a script's own timings, say) stay; its header
+    is written anew."""
+    with result_lock(result):
+        kept = {k: v for k, v in load_results(result).items() if k not in RESULT_HEADER}
+        runs = kept.pop("runs", {}) | {key: entry}
+        write_result(result, kept | blocks | {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(runs.items()))})
 
 
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc")

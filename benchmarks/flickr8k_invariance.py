@@ -38,7 +38,7 @@ from typing import Any
 import flickr8k_backbones as fb_backbones
 import flickr8k_baseline as fb
 
-from _common import REPO_ROOT, result_lock, write_result
+from _common import REPO_ROOT
 
 MMD_BANDWIDTH = 1.0  # = itmatch.evaluation.invariance.MMD_BANDWIDTH, the kernel of every MMD here
 
@@ -136,12 +136,7 @@ def classifier_dev_accuracy(run_dir: Path, data: Path, checkpoint: str = "best")
 
 
 def _save(key: str, entry: dict[str, Any]) -> None:
-    with result_lock(RESULT):
-        results = fb.load_results(RESULT).get("runs", {})
-        results[key] = entry
-        payload = {"mmd_bandwidth": MMD_BANDWIDTH, "split": "dev, all 1,000 images", "plateau_delta_rsum": fb.PLATEAU_DELTA,
-                   "runs": dict(sorted(results.items()))}  # fmt: skip
-        write_result(RESULT, payload)
+    fb.record_run(RESULT, key, entry, mmd_bandwidth=MMD_BANDWIDTH, split="dev, all 1,000 images")
 
 
 def run(variant: str, seed: int, data: Path) -> dict[str, Any]:

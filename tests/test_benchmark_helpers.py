@@ -78,3 +78,17 @@ def test_the_shared_command_line_dispatches_its_own_and_a_script_s_extra_subcomm
     assert capsys.readouterr().out == "table of res\n"
     with pytest.raises(SystemExit):
         cli("run", "not-a-variant")
+
+
+def test_recording_a_run_keeps_the_other_runs_and_a_script_s_own_blocks(common, monkeypatch):
+    import flickr8k_baseline as base
+
+    monkeypatch.setattr(base, "RESULTS_DIR", common.RESULTS_DIR)  # bound at its first import
+
+    common.write_result("res", {"extraction": {"lite2": 1.5}, "runs": {"a-seed0": {"rsum": 1}}})
+    base.record_run("res", "b-seed1", {"rsum": 2}, mmd_bandwidth=1.0)
+    base.record_run("res", "a-seed0", {"rsum": 3})
+    saved = json.loads((common.RESULTS_DIR / "res.json").read_text())
+    assert saved["runs"] == {"a-seed0": {"rsum": 3}, "b-seed1": {"rsum": 2}}
+    assert saved["extraction"] == {"lite2": 1.5} and saved["mmd_bandwidth"] == 1.0
+    assert saved["name"] == "res" and set(saved) >= set(common.RESULT_HEADER)
