@@ -21,10 +21,13 @@ Flickr8k benchmark); the others change one thing of it:
 - ``best_frozen_300`` / ``best_300``: Lite2 features of the photos at 300 px instead of its
   native 260 (a CNN trained on random crops often does better a little above its training size:
   Touvron et al., "Fixing the train-test resolution discrepancy", 2019);
+- ``best_frozen_300_mlp`` / ``best_300_mlp``: the image side projects the pooled feature by a
+  linear layer plus a residual MLP (``model.image_head=mlp``, 1280 -> 512 -> 1024 with BatchNorm
+  and ReLU; VSE-infinity's head for precomputed features) instead of the linear layer alone;
 - ``best_e8`` / ``best_300_e8``: 8 fine-tuning epochs instead of 4 (the cosine then spans 8), at
   260 / 300 px: has the fine-tuning stage converged?
 - ``best_step``: 4 epochs at a constant rate, no warm-up (the schedule of the earlier one-epoch runs);
-- ``best_fp32``: the recipe in float32 (is bf16 as good?);
+- ``best_fp32`` / ``best_300_fp32``: the recipe in float32 at 260 / 300 px (is bf16 as good?);
 - ``best_top2`` (at 2e-5) / ``best_top2_lr5e5``: only MiniLM's top 2 layers fine-tuned
   (``model.text_tune_layers=2``): cheaper steps, and an exported model ships those 2 layers
   (7 MB in float16) instead of all 6.
@@ -55,6 +58,10 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_gpo_frozen": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo", f"{FT}.epochs=0"], "best_gpo without its fine-tuning stage"),
     "best_frozen_300": (RECIPE, HOLDOUT + ["data.image_size=300", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 300 px photos (260 is its training size)"),
     "best_300": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300"], "the recipe on Lite2 features of 300 px photos"),
+    "best_frozen_300_mlp": (RECIPE, HOLDOUT + ["data.image_size=300", "model.image_head=mlp", f"{FT}.epochs=0"],
+                            "best_frozen_300 with a residual MLP beside the image projection (VSE-infinity's head)"),
+    "best_300_mlp": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", "model.image_head=mlp"], "best_300 with the MLP image head"),
+    "best_300_fp32": (RECIPE, HOLDOUT + ["data.image_size=300", "training.precision=fp32"], "best_300 in float32"),
     "best_e8": (RECIPE, HOLDOUT + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
     "best_300_e8": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", f"{FT}.epochs=8"], "best_300 with 8 fine-tuning epochs (cosine over 8)"),
     "best_step": (

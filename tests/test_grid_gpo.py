@@ -269,3 +269,42 @@ def test_training_the_grid_gpo_encoder_through_the_trainer(tmp_path):
     assert im.shape == (6, 16) and tx.shape == (30, 16)
     from_photos = matcher.embed_images(dev.image_paths())
     torch.testing.assert_close(from_photos, im, rtol=0, atol=5e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# the pooled image encoder's MLP head (model.image_head: mlp)
+
+
+def test_mlp_image_head_adds_a_residual_mlp_to_the_linear_projection():
+    from itmatch.models.encoders import ImageEncoder
+
+    torch.manual_seed(0)
+    enc = ImageEncoder(12, 8, head="mlp").eval()
+    x = torch.randn(5, 12)
+    lin1, bn, _, lin2 = enc.mlp
+    # BatchNorm in eval mode: (h - running_mean) / sqrt(running_var + eps) * weight + bias, by hand
+    h = x @ lin1.weight.T + lin1.bias
+    h = (h - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    expected = x @ enc.fc.weight.T + enc.fc.bias + (h.clamp_min(0) @ lin2.weight.T + lin2.bias)
+    expected = expected / expected.norm(dim=1, keepdim=True)
+    torch.testing.assert_close(enc(x), expected)
+    # the linear head is VSE++'s projection alone, with the same initial weights for a seed
+    torch.manual_seed(0)
+    linear = ImageEncoder(12, 8)
+    assert linear.mlp is None and not any("mlp" in k for k in linear.state_dict())
+    torch.testing.assert_close(linear.fc.weight, enc.fc.weight)
+    with pytest.raises(ValueError, match="image head"):
+        ImageEncoder(12, 8, head="gpo")
+
+
+def test_mlp_image_head_builds_from_config_trains_as_part_image_and_rejects_unknown_heads():
+    model = build_model({"image_head": "mlp", "embed_dim": 16}, vocab_size=10, feature_dim=12)
+    image_ids = {id(p) for p in model.parts()["image"]}
+    assert all(id(p) in image_ids for p in model.image_encoder.mlp.parameters())
+    model.train()
+    out = model.image_encoder(torch.randn(4, 12))
+    out.sum().backward()
+    assert model.image_encoder.mlp[0].weight.grad is not None
+    assert build_model({"embed_dim": 16}, vocab_size=10, feature_dim=12).image_encoder.mlp is None
+    with pytest.raises(ConfigError, match="image_head"):
+        build_model({"image_head": "deep"}, vocab_size=10, feature_dim=12)

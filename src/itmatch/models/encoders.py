@@ -1,6 +1,7 @@
 """Image and text encoders into the joint space (L2-normalised).
 
-- :class:`ImageEncoder`: one pooled CNN feature per image -> linear projection (VSE++).
+- :class:`ImageEncoder`: one pooled CNN feature per image -> linear projection (VSE++), or that
+  projection plus a small residual MLP (``head="mlp"``, VSE-infinity's head for pooled features).
 - :class:`GridImageEncoder`: the CNN's last feature map as a set of grid vectors (B x C x D) ->
   every vector projected (linear + a small residual MLP) -> pooled with GPO
   (:mod:`itmatch.models.pooling`), the image side of VSE-infinity (Chen et al., CVPR 2021).
@@ -22,8 +23,30 @@ def l2_normalize(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return x / x.norm(dim=-1, keepdim=True).clamp_min(eps)
 
 
+def residual_mlp(feature_dim: int, embed_dim: int) -> nn.Sequential:
+    """VSE-infinity's projection MLP (D -> d/2 -> d, BatchNorm and ReLU between), added to a
+    linear projection of the same input."""
+    hidden = max(1, embed_dim // 2)
+    return nn.Sequential(
+        nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim)
+    )
+
+
+def _vsepp_init(fc: nn.Linear) -> None:
+    """VSE++ init: uniform Xavier on the projection, zero bias."""
+    r = math.sqrt(6.0) / math.sqrt(fc.in_features + fc.out_features)
+    nn.init.uniform_(fc.weight, -r, r)
+    nn.init.zeros_(fc.bias)
+
+
+IMAGE_HEADS = ("linear", "mlp")
+
+
 class ImageEncoder(nn.Module):
-    """Global CNN feature -> linear projection -> L2 norm.
+    """Global CNN feature -> projection -> L2 norm.
+
+    ``head``: ``linear`` (VSE++: one linear projection) or ``mlp`` (that projection plus
+    :func:`residual_mlp` of the same feature, as VSE-infinity projects precomputed features).
 
     With ``backbone=None`` the input is a precomputed feature (N x feature_dim); with a backbone
     module (see :mod:`itmatch.features.backbones`) the input is a normalised image batch and the
@@ -32,19 +55,22 @@ class ImageEncoder(nn.Module):
     trainer feeds cached features while the backbone is frozen and still pretrained.
     """
 
-    def __init__(self, feature_dim: int, embed_dim: int, backbone: nn.Module | None = None):
+    def __init__(self, feature_dim: int, embed_dim: int, backbone: nn.Module | None = None, head: str = "linear"):
         super().__init__()
+        if head not in IMAGE_HEADS:
+            raise ValueError(f"image head must be one of {IMAGE_HEADS}, got {head!r}")
         self.backbone = backbone
         self.fc = nn.Linear(feature_dim, embed_dim)
-        # VSE++ init: uniform Xavier on the projection, zero bias.
-        r = math.sqrt(6.0) / math.sqrt(feature_dim + embed_dim)
-        nn.init.uniform_(self.fc.weight, -r, r)
-        nn.init.zeros_(self.fc.bias)
+        _vsepp_init(self.fc)
+        self.mlp = residual_mlp(feature_dim, embed_dim) if head == "mlp" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backbone is not None and x.dim() != 2:
             x = self.backbone(x)
-        return l2_normalize(self.fc(x))
+        projected = self.fc(x)
+        if self.mlp is not None:
+            projected = projected + self.mlp(x)
+        return l2_normalize(projected)
 
 
 def drop_set_members(
@@ -93,14 +119,9 @@ class GridImageEncoder(nn.Module):
             raise ValueError(f"feature_drop must be in [0, 1), got {feature_drop}")
         self.feature_drop = float(feature_drop)
         self.fc = nn.Linear(feature_dim, embed_dim)
-        hidden = max(1, embed_dim // 2)
-        self.mlp = nn.Sequential(
-            nn.Linear(feature_dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True), nn.Linear(hidden, embed_dim)
-        )
+        self.mlp = residual_mlp(feature_dim, embed_dim)
         self.pool = GPO()
-        r = math.sqrt(6.0) / math.sqrt(feature_dim + embed_dim)
-        nn.init.uniform_(self.fc.weight, -r, r)
-        nn.init.zeros_(self.fc.bias)
+        _vsepp_init(self.fc)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
         if x.dim() != 3:

@@ -10,7 +10,7 @@ from torch import nn
 
 from itmatch.errors import ConfigError
 from itmatch.models.classifier import ModalityClassifier
-from itmatch.models.encoders import GridImageEncoder, GRUTextEncoder, ImageEncoder
+from itmatch.models.encoders import IMAGE_HEADS, GridImageEncoder, GRUTextEncoder, ImageEncoder
 
 MODEL_DEFAULTS: dict[str, Any] = {
     "embed_dim": 1024,
@@ -25,6 +25,9 @@ MODEL_DEFAULTS: dict[str, Any] = {
     # mean: the backbone's pooled feature, one linear projection (VSE++); gpo: its grid features,
     # every cell projected and pooled by GPO (VSE-infinity), read from a grid feature store
     "image_pool": "mean",
+    # image_pool mean: linear (VSE++'s one projection) or mlp (plus a residual MLP, D -> d/2 -> d,
+    # as VSE-infinity projects precomputed features); the grid encoder always has both
+    "image_head": "linear",
     "feature_drop": 0.2,  # image_pool gpo: fraction of grid vectors left out per image in training
     # null: the text encoder's own pooling (GRU: its last state; MiniLM: the mean of its token
     # states); gpo: GPO over the per-token states (GRU outputs, or MiniLM token states projected)
@@ -124,6 +127,8 @@ def build_model(
     backbone = None
     if cfg["image_pool"] not in ("mean", "gpo"):
         raise ConfigError(f"model.image_pool: unknown pooling {cfg['image_pool']!r}; known: 'mean', 'gpo'")
+    if cfg["image_head"] not in IMAGE_HEADS:
+        raise ConfigError(f"model.image_head: unknown head {cfg['image_head']!r}; known: {', '.join(map(repr, IMAGE_HEADS))}")
     if cfg["text_pool"] not in (None, "gpo"):
         raise ConfigError(f"model.text_pool: unknown pooling {cfg['text_pool']!r}; known: null, 'gpo'")
     if uses_grid_features(cfg) and cfg["backbone"]:
@@ -144,7 +149,7 @@ def build_model(
     if uses_grid_features(cfg):
         image_encoder: ImageEncoder | GridImageEncoder = GridImageEncoder(feature_dim, d, float(cfg["feature_drop"]))
     else:
-        image_encoder = ImageEncoder(feature_dim, d, backbone=backbone)
+        image_encoder = ImageEncoder(feature_dim, d, backbone=backbone, head=cfg["image_head"])
     kind = cfg["text_encoder"]
     if kind == "gru":
         text_encoder: nn.Module = GRUTextEncoder(

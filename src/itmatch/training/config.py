@@ -94,6 +94,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "backbone": Str(nullable=True),
         "backbone_weights": FilePath(),
         "image_pool": Choice(("mean", "gpo")),
+        "image_head": Choice(("linear", "mlp")),
         "feature_drop": Float(min=0, max=1, max_open=True),
         "text_pool": Choice((None, "gpo")),
         "text_tune_layers": Int(min=1, nullable=True),
