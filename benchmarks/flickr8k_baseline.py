@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -273,26 +273,41 @@ def table(result: str = RESULT) -> str:
     return "\n".join(lines)
 
 
-def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline") -> Path:
+def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline", only: Sequence[str] | None = None) -> Path:
+    """Validation rsum per epoch, one line per variant (the mean over its seeds, their range
+    shaded, a faint vertical line at the mean's plateau epoch); ``only``: these variants, in
+    this order (default: every variant of the file)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_results(result).get("runs", {})
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for key, entry in sorted(runs.items()):
-        curve = entry["curve"]
-        ax.plot([p["epoch"] for p in curve], [p["val_rsum"] for p in curve], marker=".", label=key)
-        ax.axvline(plateau_epoch(curve), color=ax.lines[-1].get_color(), alpha=0.2)
+    groups: dict[str, list[list[float]]] = {}
+    for entry in load_results(result).get("runs", {}).values():
+        groups.setdefault(entry["variant"], []).append([p["val_rsum"] for p in entry["curve"]])
+    names = [n for n in only if n in groups] if only is not None else sorted(groups)
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for name in names:
+        curves = groups[name]
+        epochs = min(len(c) for c in curves)  # seeds of one variant run the same schedule
+        values = [c[:epochs] for c in curves]
+        mean = [statistics.fmean(col) for col in zip(*values)]
+        xs = list(range(1, epochs + 1))
+        label = f"{name} ({len(curves)} seed{'s' if len(curves) > 1 else ''})"
+        (line,) = ax.plot(xs, mean, marker=".", label=label)
+        if len(curves) > 1:
+            ax.fill_between(xs, [min(col) for col in zip(*values)], [max(col) for col in zip(*values)],
+                            color=line.get_color(), alpha=0.15)  # fmt: skip
+        ax.axvline(plateau_epoch([{"epoch": x, "val_rsum": v} for x, v in zip(xs, mean)]), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation rsum")
-    ax.set_title(f"{title}: validation rsum per epoch (faint lines: plateau)")
+    ax.set_ylabel("validation rsum (500 held-out train images)")
+    ax.set_title(f"{title}: validation rsum per epoch\n(mean over seeds, range shaded; faint lines: plateau)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     out = RESULTS_DIR / f"{result}_curves.png"
     fig.tight_layout()
     fig.savefig(out, dpi=110)
+    plt.close(fig)
     return out
 
 

@@ -18,8 +18,8 @@ Flickr8k benchmark); the others change one thing of it:
 - ``best_gpo`` / ``best_gpo_frozen``: the sentence is GPO over MiniLM's projected token states
   (``model.text_pool=gpo``, VSE-infinity's text side) instead of the mean of its token states;
   with and without the fine-tuning stage;
-- ``best_frozen_300`` / ``best_300``: Lite2 features of the photos at 300 px instead of its
-  native 260 (a CNN trained on random crops often does better a little above its training size:
+- ``best_frozen_300`` / ``best_300`` (``best_frozen_340`` / ``best_340``): Lite2 features of the
+  photos at 300 (340) px instead of its native 260 (a CNN trained on random crops often does better a little above its training size:
   Touvron et al., "Fixing the train-test resolution discrepancy", 2019);
 - ``best_frozen_300_mlp`` / ``best_300_mlp``: the image side projects the pooled feature by a
   linear layer plus a residual MLP (``model.image_head=mlp``, 1280 -> 512 -> 1024 with BatchNorm
@@ -46,32 +46,43 @@ from flickr8k_baseline import BF16, HOLDOUT
 RESULT = "flickr8k_best"
 RECIPE = "vse_minilm_ft"
 FT = "stages.text_finetune"
+# The recipe's photos were 260 px (Lite2's training size) until its 300 px runs beat them over 3
+# seeds; the variants measured at 260 say so explicitly (their recorded overrides predate this).
+PX260 = ["data.image_size=260"]
 
 VARIANTS: dict[str, tuple[str, list[str], str]] = {
-    "best": (RECIPE, HOLDOUT + BF16, "the recipe as shipped: Lite2 features, MiniLM fine-tuned 4 epochs at 1e-4 (warm-up + cosine)"),
-    "best_frozen": (RECIPE, HOLDOUT + [f"{FT}.epochs=0"], "the recipe without its fine-tuning stage (1 + 4 frozen epochs)"),
-    "best_lr2e5": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=2.0e-5"], "fine-tuning at lr 2e-5 (the one-epoch runs' rate)"),
-    "best_lr5e5": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=5.0e-5"], "fine-tuning at lr 5e-5"),
-    "best_lr2e4": (RECIPE, HOLDOUT + BF16 + [f"{FT}.lr=2.0e-4"], "fine-tuning at lr 2e-4"),
-    "best_top2_lr5e5": (RECIPE, HOLDOUT + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=5.0e-5"], "only the top 2 layers fine-tuned, at lr 5e-5"),
-    "best_gpo": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo"], "GPO over MiniLM's projected token states instead of its mean (VSE-infinity's text side)"),
-    "best_gpo_frozen": (RECIPE, HOLDOUT + BF16 + ["model.text_pool=gpo", f"{FT}.epochs=0"], "best_gpo without its fine-tuning stage"),
+    "best": (RECIPE, HOLDOUT + PX260 + BF16, "the recipe as shipped: Lite2 features, MiniLM fine-tuned 4 epochs at 1e-4 (warm-up + cosine)"),
+    "best_frozen": (RECIPE, HOLDOUT + PX260 + [f"{FT}.epochs=0"], "the recipe without its fine-tuning stage (1 + 4 frozen epochs)"),
+    "best_lr2e5": (RECIPE, HOLDOUT + PX260 + BF16 + [f"{FT}.lr=2.0e-5"], "fine-tuning at lr 2e-5 (the one-epoch runs' rate)"),
+    "best_lr5e5": (RECIPE, HOLDOUT + PX260 + BF16 + [f"{FT}.lr=5.0e-5"], "fine-tuning at lr 5e-5"),
+    "best_lr2e4": (RECIPE, HOLDOUT + PX260 + BF16 + [f"{FT}.lr=2.0e-4"], "fine-tuning at lr 2e-4"),
+    "best_top2_lr5e5": (RECIPE, HOLDOUT + PX260 + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=5.0e-5"], "only the top 2 layers fine-tuned, at lr 5e-5"),
+    "best_gpo": (RECIPE, HOLDOUT + PX260 + BF16 + ["model.text_pool=gpo"], "GPO over MiniLM's projected token states instead of its mean (VSE-infinity's text side)"),
+    "best_gpo_frozen": (RECIPE, HOLDOUT + PX260 + BF16 + ["model.text_pool=gpo", f"{FT}.epochs=0"], "best_gpo without its fine-tuning stage"),
     "best_frozen_300": (RECIPE, HOLDOUT + ["data.image_size=300", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 300 px photos (260 is its training size)"),
     "best_300": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300"], "the recipe on Lite2 features of 300 px photos"),
+    "best_frozen_340": (RECIPE, HOLDOUT + ["data.image_size=340", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 340 px photos"),
+    "best_340": (RECIPE, HOLDOUT + BF16 + ["data.image_size=340"], "the recipe on Lite2 features of 340 px photos"),
+    "best_frozen_380": (RECIPE, HOLDOUT + ["data.image_size=380", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 380 px photos"),
+    "best_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380"], "the recipe on Lite2 features of 380 px photos"),
     "best_frozen_300_mlp": (RECIPE, HOLDOUT + ["data.image_size=300", "model.image_head=mlp", f"{FT}.epochs=0"],
                             "best_frozen_300 with a residual MLP beside the image projection (VSE-infinity's head)"),
     "best_300_mlp": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", "model.image_head=mlp"], "best_300 with the MLP image head"),
     "best_300_fp32": (RECIPE, HOLDOUT + ["data.image_size=300", "training.precision=fp32"], "best_300 in float32"),
-    "best_e8": (RECIPE, HOLDOUT + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
+    "best_e8": (RECIPE, HOLDOUT + PX260 + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
     "best_300_e8": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", f"{FT}.epochs=8"], "best_300 with 8 fine-tuning epochs (cosine over 8)"),
     "best_step": (
         RECIPE,
-        HOLDOUT + BF16 + [f"{FT}.lr_schedule=step", f"{FT}.lr_warmup_steps=0"],
+        HOLDOUT + PX260 + BF16 + [f"{FT}.lr_schedule=step", f"{FT}.lr_warmup_steps=0"],
         "4 fine-tuning epochs at a constant lr 1e-4, no warm-up",
     ),
-    "best_fp32": (RECIPE, HOLDOUT + ["training.precision=fp32"], "the recipe in float32"),
-    "best_top2": (RECIPE, HOLDOUT + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=2.0e-5"], "only the top 2 of MiniLM's 6 layers fine-tuned, at lr 2e-5"),
+    "best_fp32": (RECIPE, HOLDOUT + PX260 + ["training.precision=fp32"], "the recipe in float32"),
+    "best_top2": (RECIPE, HOLDOUT + PX260 + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=2.0e-5"], "only the top 2 of MiniLM's 6 layers fine-tuned, at lr 2e-5"),
 }
+
+
+# The plot's variants: the resolutions, frozen and fine-tuned, and the longer fine-tuning stage.
+PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380", "best", "best_300", "best_340", "best_380", "best_300_e8")
 
 
 def seeds(data: Path) -> None:
@@ -87,5 +98,9 @@ if __name__ == "__main__":
         {},
         RESULT,
         "Flickr8k best recipe (vse_minilm_ft)",
-        extra={"seeds": ("`best` over seeds 0, 1, 2, then the table", base.data_argument, lambda args: seeds(args.data))},
+        extra={
+            "seeds": ("`best` over seeds 0, 1, 2, then the table", base.data_argument, lambda args: seeds(args.data)),
+            "plot": ("learning curves of the main variants -> results/flickr8k_best_curves.png", lambda p: None,
+                     lambda args: print(base.plot(RESULT, "Flickr8k best recipe (vse_minilm_ft)", PLOTTED))),
+        },  # fmt: skip
     )

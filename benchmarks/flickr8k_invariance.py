@@ -93,7 +93,8 @@ VARIANTS.update({
 # rows copied by ``import-baseline``). D trains from scratch in that stage at
 # 1e-3 (10x the stage's rate, as miie_adv's 50x), while the DANN ramp holds lambda near 0.
 FT = "stages.text_finetune"
-FT_BEST = fb.HOLDOUT + fb.BF16
+PX260, PX300 = ["data.image_size=260"], ["data.image_size=300"]
+FT_BEST = fb.HOLDOUT + fb.BF16 + PX260
 VARIANTS.update({
     "ft_adv": ("vse_minilm_ft", FT_BEST + [f"{FT}.train=[image,text,text_backbone,classifier]", f"{FT}.lr_parts={{classifier: 1.0e-3}}",
                                            f"{FT}.adversarial={{mode: grl, lambda: 0.1, schedule: dann}}"],
@@ -105,9 +106,8 @@ VARIANTS.update({
                "best recipe, MMD penalty (sigma 1, weight 10 per pair) in its fine-tuning stage"),
 })  # fmt: skip
 # The same on Lite2 features of 300 px photos (the recipe's control there: best_300).
-PX300 = ["data.image_size=300"]
 VARIANTS.update({
-    f"{name}_300": (recipe, overrides[: len(FT_BEST)] + PX300 + overrides[len(FT_BEST):], f"{about}, 300 px photos")
+    f"{name}_300": (recipe, [PX300[0] if o == PX260[0] else o for o in overrides], f"{about}, 300 px photos")
     for name, (recipe, overrides, about) in list(VARIANTS.items()) if name in ("ft_adv", "ft_adv_lam001", "ft_mmd")
 })
 BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2") and not name.startswith("ft_")}
