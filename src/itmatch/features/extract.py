@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import shutil
 import sys
@@ -144,9 +145,11 @@ def extract_features(
             store = None
         array, done, meta = _prepare(folder, store, ids, stats, key, spec.feature_dim, root, weights, backbone, cells)
         todo = [row for row, image_id in enumerate(meta["image_ids"]) if image_id in stats and not done[row]]
-        # Record the stats of the files about to be computed, after their rows are cleared on disk.
+        # Record the stats (and content digests) of the files about to be computed, after their
+        # rows are cleared on disk.
         for row in todo:
-            meta["files"][row] = stats[meta["image_ids"][row]]
+            image_id = meta["image_ids"][row]
+            meta["files"][row] = [*stats[image_id], file_digest(root / image_id)]
         save_done(folder, done)
         write_sidecar(folder, meta)
 
@@ -177,12 +180,41 @@ def extract_corpus_features(corpus: Corpus, out_dir: str | Path, **kwargs: Any) 
     return extract_features(corpus.image_root, corpus.image_ids, out_dir, **kwargs)
 
 
+def file_digest(path: Path) -> str:
+    """The content digest a store records per image (BLAKE2b, 16 bytes, hex)."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _same_stat(record: Sequence[Any], stat: list[int]) -> bool:
+    return list(record[:2]) == stat
+
+
+def _same_file(record: Sequence[Any], stat: list[int], path: Path) -> bool:
+    """Whether the file recorded as ``record`` ([size, mtime_ns] or [size, mtime_ns, digest]) is
+    unchanged: the same size and mtime, or (a copied or touched data set: new mtimes, same bytes)
+    the same size and content digest. Records without a digest (older stores) compare the stat only."""
+    if _same_stat(record, stat):
+        return True
+    if len(record) < 3 or record[0] != stat[0]:
+        return False
+    try:
+        return file_digest(path) == record[2]
+    except OSError:
+        return False
+
+
 def _stale(store: FeatureStore, stats: dict[str, list[int]]) -> bool:
-    """True when some requested (existing) image is absent from the store, not done, or changed."""
+    """True when some requested (existing) image is absent from the store, not done, or has a
+    stat other than the recorded one (the locked path then compares content digests, keeps the
+    rows whose bytes are unchanged and records their new stat)."""
     files = store.meta["files"]
     for image_id, stat in stats.items():
         row = store._index.get(image_id)
-        if row is None or not store._row_done(row) or list(files[row]) != stat:
+        if row is None or not store._row_done(row) or not _same_stat(files[row], stat):
             return True
     return False
 
@@ -227,7 +259,12 @@ def _prepare(
         done = np.zeros(0, dtype=bool)
     done = np.concatenate([done, np.zeros(len(new_ids), dtype=bool)])
     for row, image_id in enumerate(meta["image_ids"]):
-        if image_id in stats and list(meta["files"][row]) != stats[image_id]:
+        record = meta["files"][row]
+        if image_id not in stats or _same_stat(record, stats[image_id]):
+            continue
+        if done[row] and _same_file(record, stats[image_id], root / image_id):
+            meta["files"][row] = [*stats[image_id], record[2]]  # same bytes, new stat: keep the row
+        else:
             done[row] = False
 
     folder.mkdir(parents=True, exist_ok=True)

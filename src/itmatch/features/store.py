@@ -6,7 +6,8 @@ On disk, one folder per cache key (backbone, weights file hash, preprocessing, i
     OUT_DIR/efficientnet_lite0-224px-<key12>/
         features.npy    float32 N x D, NumPy format (``np.load(..., mmap_mode="r")``)
         features.json   sidecar: key, backbone, weights, preprocessing, image ids (row order),
-                        per-image [file size, mtime_ns], rows, feature_dim, complete flag
+                        per-image [file size, mtime_ns, content digest], rows, feature_dim,
+                        complete flag
         done.npy        bool N, which rows are computed (only while the store is incomplete)
 
 A *grid* store (``grid=True``) keeps the backbone's last feature map instead of its pooled vector:
@@ -17,7 +18,9 @@ the pooled feature of an image is the mean over its cells (``FeatureStore.lookup
 float16 rounding.
 
 Rows are the unique image ids in the order first requested; ids requested later are appended.
-A row is valid while its image file keeps the size and mtime recorded for it. The sidecar is
+A row is valid while its image file keeps the size and mtime recorded for it, or, when the mtime
+changed (a data set copied or touched), the same size and content digest (BLAKE2b of the bytes;
+the new mtime is then recorded, and the row is kept). The sidecar is
 always replaced atomically, and marked complete only when every row is. This module is the
 format (key, location, reading, the writer's primitives); :mod:`itmatch.features.extract` fills
 a store from image files.
