@@ -3,7 +3,7 @@ to the reference VSE++ code (fartashf/vsepp) at equal settings.
 
     .venv/bin/python benchmarks/flickr8k_baseline.py run VARIANT [--seed 0] [--data DIR]
     .venv/bin/python benchmarks/flickr8k_baseline.py table      # markdown table of every run so far
-    .venv/bin/python benchmarks/flickr8k_baseline.py plot       # learning curves -> results/flickr8k_baseline_curves.png
+    .venv/bin/python benchmarks/flickr8k_baseline.py plot       # learning curves -> results/flickr8k_baseline{,_devsel}_curves.png
 
 Every variant trains the full-size model (d = 1024, 300-d words, one GRU layer, frozen
 EfficientNet-Lite0 features at 224 px, batch 128, Adam, grad clip 2) on frozen features, one
@@ -79,7 +79,12 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "ref_devsel": (
         "vsepp",
         DEVSEL + BF16 + [REF_STAGES],
-        "the reference schedule: hardest from the start, 20 epochs, lr / 10 after 10",
+        "the reference schedule: hardest from the start, 20 epochs, lr / 10 after 10 (= the vsepp_ref recipe)",
+    ),
+    "ref_negs_devsel": (
+        "vsepp",
+        DEVSEL + BF16 + [REF_STAGES, "loss.same_image_negatives=true"],
+        "the reference schedule, and a caption's same-image captions in the batch count as negatives (as in the reference code)",
     ),
     "long_devsel": (
         "vsepp",
@@ -273,10 +278,16 @@ def table(result: str = RESULT) -> str:
     return "\n".join(lines)
 
 
-def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline", only: Sequence[str] | None = None) -> Path:
+def plot(
+    result: str = RESULT,
+    title: str = "Flickr8k VSE++ baseline",
+    only: Sequence[str] | None = None,
+    stem: str = "curves",
+    ylabel: str = "validation rsum (500 held-out train images)",
+) -> Path:
     """Validation rsum per epoch, one line per variant (the mean over its seeds, their range
-    shaded, a faint vertical line at the mean's plateau epoch); ``only``: these variants, in
-    this order (default: every variant of the file)."""
+    shaded, a faint vertical line at the mean's plateau epoch) -> results/RESULT_STEM.png;
+    ``only``: these variants, in this order (default: every variant of the file)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -286,6 +297,8 @@ def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline", only: Seq
     for entry in load_results(result).get("runs", {}).values():
         groups.setdefault(entry["variant"], []).append([p["val_rsum"] for p in entry["curve"]])
     names = [n for n in only if n in groups] if only is not None else sorted(groups)
+    if not names:
+        raise SystemExit(f"no runs to plot in {result}.json")
     fig, ax = plt.subplots(figsize=(9, 5.5))
     for name in names:
         curves = groups[name]
@@ -300,11 +313,11 @@ def plot(result: str = RESULT, title: str = "Flickr8k VSE++ baseline", only: Seq
                             color=line.get_color(), alpha=0.15)  # fmt: skip
         ax.axvline(plateau_epoch([{"epoch": x, "val_rsum": v} for x, v in zip(xs, mean)]), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation rsum (500 held-out train images)")
+    ax.set_ylabel(ylabel)
     ax.set_title(f"{title}: validation rsum per epoch\n(mean over seeds, range shaded; faint lines: plateau)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    out = RESULTS_DIR / f"{result}_curves.png"
+    out = RESULTS_DIR / f"{result}_{stem}.png"
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -356,5 +369,19 @@ def data_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the Flickr8k folder (default: %(default)s)")
 
 
+def plot_both() -> tuple[Path, Path]:
+    """This file's two plots: the project's protocol (validation = held-out train images) and the
+    dev-selected GRU runs (their validation is dev: a different split and size, another axis)."""
+    names = sorted({e["variant"] for e in load_results().get("runs", {}).values()})
+    devsel = [n for n in names if n.endswith("_devsel")]
+    return (
+        plot(only=[n for n in names if n not in devsel]),
+        plot(title="Flickr8k VSE++ (GRU), selected on dev as the reference code", only=devsel, stem="devsel_curves",
+             ylabel="dev rsum (1,000 dev images, the selection split here)"),
+    )  # fmt: skip
+
+
 if __name__ == "__main__":
-    main()
+    main(extra={"plot": ("learning curves -> results/flickr8k_baseline_curves.png (held-out selection) and "
+                         "results/flickr8k_baseline_devsel_curves.png (the dev-selected GRU runs)",
+                         lambda p: None, lambda args: print(*plot_both()))})  # fmt: skip

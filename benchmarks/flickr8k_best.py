@@ -32,7 +32,8 @@ of one of these; every variant names its photo size (``data.image_size``):
 - ``best_fp32`` / ``best_300_fp32``: the recipe in float32 at 260 / 300 px (is bf16 as good?);
 - ``best_top2`` (at 2e-5) / ``best_top2_lr5e5``: only MiniLM's top 2 layers fine-tuned
   (``model.text_tune_layers=2``): cheaper steps, and an exported model ships those 2 layers
-  (7 MB in float16) instead of all 6.
+  (7 MB in float16) instead of all 6; ``best_top2_380`` (at 5e-5) / ``best_top2_lr1e4_380``: the
+  same at 380 px (the shipped model's candidates).
 
 Results accumulate in benchmarks/results/flickr8k_best.json (runs per variant and seed, each
 with its learning curve); runs live in /tmp/itmatch-f8k-baseline/<variant>-seed<S>.
@@ -68,12 +69,15 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_340": (RECIPE, HOLDOUT + BF16 + ["data.image_size=340"], "the recipe on Lite2 features of 340 px photos"),
     "best_frozen_380": (RECIPE, HOLDOUT + ["data.image_size=380", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 380 px photos"),
     "best_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380"], "the recipe as shipped: Lite2 features of 380 px photos"),
+    "best_frozen_420": (RECIPE, HOLDOUT + ["data.image_size=420", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 420 px photos"),
+    "best_420": (RECIPE, HOLDOUT + BF16 + ["data.image_size=420"], "the recipe on Lite2 features of 420 px photos"),
     "best_frozen_300_mlp": (RECIPE, HOLDOUT + ["data.image_size=300", "model.image_head=mlp", f"{FT}.epochs=0"],
                             "best_frozen_300 with a residual MLP beside the image projection (VSE-infinity's head)"),
     "best_300_mlp": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", "model.image_head=mlp"], "best_300 with the MLP image head"),
     "best_300_fp32": (RECIPE, HOLDOUT + ["data.image_size=300", "training.precision=fp32"], "best_300 in float32"),
     "best_e8": (RECIPE, HOLDOUT + PX260 + BF16 + [f"{FT}.epochs=8"], "8 fine-tuning epochs (cosine over 8)"),
     "best_300_e8": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", f"{FT}.epochs=8"], "best_300 with 8 fine-tuning epochs (cosine over 8)"),
+    "best_380_e8": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", f"{FT}.epochs=8"], "best_380 with 8 fine-tuning epochs (cosine over 8)"),
     "best_step": (
         RECIPE,
         HOLDOUT + PX260 + BF16 + [f"{FT}.lr_schedule=step", f"{FT}.lr_warmup_steps=0"],
@@ -81,11 +85,17 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     ),
     "best_fp32": (RECIPE, HOLDOUT + PX260 + ["training.precision=fp32"], "the recipe in float32"),
     "best_top2": (RECIPE, HOLDOUT + PX260 + BF16 + ["model.text_tune_layers=2", f"{FT}.lr=2.0e-5"], "only the top 2 of MiniLM's 6 layers fine-tuned, at lr 2e-5"),
+    # The shipped model's candidates at the recipe's photo size (an export holds 2 layers, not 6):
+    "best_top2_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", "model.text_tune_layers=2", f"{FT}.lr=5.0e-5"],
+                      "best_top2_lr5e5 on Lite2 features of 380 px photos"),
+    "best_top2_lr1e4_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", "model.text_tune_layers=2"],
+                            "only the top 2 layers fine-tuned, at the recipe's lr 1e-4, 380 px photos"),
 }
 
 
 # The plot's variants: the resolutions, frozen and fine-tuned, and the longer fine-tuning stage.
-PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380", "best", "best_300", "best_340", "best_380", "best_300_e8")
+PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380", "best_frozen_420",
+           "best", "best_300", "best_340", "best_380", "best_420", "best_300_e8", "best_380_e8")
 
 
 def seeds(data: Path) -> None:

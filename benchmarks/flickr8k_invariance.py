@@ -4,7 +4,8 @@ frozen-MiniLM testbed of benchmarks/flickr8k_baseline.py (frozen all-MiniLM-L6-v
 
     .venv/bin/python benchmarks/flickr8k_invariance.py run VARIANT [--seed 0] [--data DIR]
     .venv/bin/python benchmarks/flickr8k_invariance.py table    # markdown table of every run so far
-    .venv/bin/python benchmarks/flickr8k_invariance.py plot     # docs/invariance_tradeoff.png
+    .venv/bin/python benchmarks/flickr8k_invariance.py paired   # the best model's variants against the same seed's control
+    .venv/bin/python benchmarks/flickr8k_invariance.py plot     # docs/invariance_tradeoff.png, docs/invariance_best_model.png
     .venv/bin/python benchmarks/flickr8k_invariance.py last [--seed S]  # row minilm_last (see score_last)
 
 Every ``inv_*`` variant starts from the converged baseline's best checkpoint of the same seed
@@ -269,6 +270,95 @@ def plot() -> Path:
     return PLOT
 
 
+PLOT_BEST = REPO_ROOT / "docs" / "invariance_best_model.png"
+# The fine-tuned testbeds: photo size, and the control each variant is paired with (same seed,
+# stages and precision: ft_adv at 260 px ran in float32, so its control is best_fp32).
+BEST_TESTBEDS = {2: ("260 px", "best_fp32"), 3: ("300 px", "best_300"), 4: ("380 px", "best_380")}
+BEST_MARKERS = {"control": ("D", "the recipe (control)"), "ft_mmd": ("^", "+ MMD penalty"),
+                "ft_adv": ("o", "+ adversary, lambda 0.1"), "ft_adv_lam001": ("s", "+ adversary, lambda 0.01")}  # fmt: skip
+
+
+def _objective(variant: str) -> str:
+    """``ft_mmd_380`` -> ``ft_mmd``; a control row -> ``control``."""
+    if not variant.startswith("ft_"):
+        return "control"
+    return variant.removesuffix("_300").removesuffix("_380")
+
+
+def plot_best() -> Path:
+    """The best model's trade-off: dev rsum against probe accuracy and centroid distance, one point
+    per variant and seed, a colour per photo size, a thin line from each seed's control to the same
+    seed's variant (the comparison is paired)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = by_variant()
+    colours = dict(zip(BEST_TESTBEDS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True)
+    for ax, col, label in ((axes[0], "probe_acc", "fresh linear probe accuracy (%)"), (axes[1], "centroid_dist", "centroid distance")):
+        for bed, (size, control) in BEST_TESTBEDS.items():
+            controls = {e["seed"]: e["dev_metrics"] for e in groups.get(control, [])}
+            names = [control] + sorted(n for n in groups if testbed(n) == bed and n.startswith("ft_"))
+            for name in names:
+                entries = groups.get(name, [])
+                if not entries:
+                    continue
+                marker, what = BEST_MARKERS[_objective(name)]
+                xs = [e["dev_metrics"][col] for e in entries]
+                ys = [e["dev_metrics"]["rsum"] for e in entries]
+                ax.scatter(xs, ys, s=90 if name == control else 50, marker=marker, color=colours[bed], edgecolor="k",
+                           zorder=3, label=f"{size}: {what} (n = {len(entries)})")  # fmt: skip
+                for e in entries if name != control else []:
+                    if e["seed"] in controls:
+                        c = controls[e["seed"]]
+                        ax.plot([c[col], e["dev_metrics"][col]], [c["rsum"], e["dev_metrics"]["rsum"]],
+                                color=colours[bed], lw=0.8, alpha=0.6, zorder=2)  # fmt: skip
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+        if col == "probe_acc":
+            ax.axvline(60, color="grey", ls="--", lw=1)
+    axes[0].set_ylabel("dev rsum (1K images)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    fig.suptitle("Flickr8k, the best recipe (MiniLM fine-tuned): an invariance objective in its fine-tuning stage, "
+                 "against the recipe itself (lines join a seed's control to its variant)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    fig.savefig(PLOT_BEST, dpi=110, bbox_inches="tight")
+    return PLOT_BEST
+
+
+def paired() -> str:
+    """The best model's paired comparison: for every invariance objective in the fine-tuning stage,
+    its per-seed difference from the same seed's control (dev rsum, and the held-out-train
+    validation rsum the project selects on), per photo size and pooled over sizes, with how many
+    seed pairs the variant is ahead on."""
+    groups = by_variant()
+
+    def line(label: str, pairs: list[tuple[float, float]]) -> str:
+        dev, val = [p[0] for p in pairs], [p[1] for p in pairs]
+        cells = [", ".join(f"{d:+.2f}" for d in dev), f"{statistics.mean(dev):+.2f}", f"{sum(d > 0 for d in dev)} / {len(dev)}",
+                 ", ".join(f"{v:+.2f}" for v in val), f"{statistics.mean(val):+.2f}", f"{sum(v > 0 for v in val)} / {len(val)}"]  # fmt: skip
+        return f"| {label} | " + " | ".join(cells) + " |"
+
+    lines = ["| variant - control | dev rsum, per seed | mean | ahead | val rsum, per seed | mean | ahead |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    pooled: dict[str, list[tuple[float, float]]] = {}
+    for bed, (size, control) in BEST_TESTBEDS.items():
+        controls = {e["seed"]: e for e in groups.get(control, [])}
+        for name in sorted(n for n in groups if testbed(n) == bed and n.startswith("ft_")):
+            pairs = [
+                (e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
+                for e in sorted(groups[name], key=lambda e: e["seed"])
+                if (c := controls.get(e["seed"])) is not None
+            ]  # fmt: skip
+            if pairs:
+                lines.append(line(f"{name} - {control} ({size})", pairs))
+                pooled.setdefault(_objective(name), []).extend(pairs)
+    lines += [line(f"{objective}, every photo size", pairs) for objective, pairs in pooled.items() if len(pairs) > 3]
+    return "\n".join(lines)
+
+
 def _seed_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     fb.data_argument(p)
@@ -288,8 +378,11 @@ def main() -> None:
             "import-baseline": ("copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json",
                                 lambda p: None, lambda args: print(import_baseline_rows())),
             "table": ("markdown table of every run so far", lambda p: None, lambda args: print(table())),
-            "plot": ("rsum against probe accuracy and centroid distance -> docs/invariance_tradeoff.png",
-                     lambda p: None, lambda args: print(plot())),
+            "paired": ("the best model's variants against the same seed's control (dev and validation rsum)",
+                       lambda p: None, lambda args: print(paired())),
+            "plot": ("rsum against probe accuracy and centroid distance -> docs/invariance_tradeoff.png "
+                     "(the Lite0 testbed) and docs/invariance_best_model.png (the best recipe)",
+                     lambda p: None, lambda args: print(plot(), plot_best())),
         },
     )  # fmt: skip
 

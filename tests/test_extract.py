@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -249,14 +250,34 @@ def test_locked_and_damaged_stores(photos, tmp_path):
     root, ids = photos
     folder = store_path(tmp_path / "feats", image_size=SIZE)
     with exclusive(folder):
-        with pytest.raises(ItmatchError, match="being written by another extraction"):
-            _extract(root, ids[:2], tmp_path / "feats")
+        with pytest.raises(ItmatchError, match=r"being written by another extraction; .* \(held by PID \d+\)"):
+            _extract(root, ids[:2], tmp_path / "feats", lock_wait_s=0)
     _extract(root, ids[:2], tmp_path / "feats")
     (folder / "features.json").write_text("{ not json")
     with pytest.raises(ItmatchError, match="not a usable feature store"):
         FeatureStore.open(folder)
     rebuilt = _extract(root, ids[:2], tmp_path / "feats")
     assert rebuilt.complete and rebuilt.computed == 2 and any("discarded" in n for n in rebuilt.notes)
+
+
+def test_a_second_extraction_waits_for_the_first_and_reuses_its_rows(photos, tmp_path, capsys):
+    """Two trainings started on one cache: the second waits on the store's lock (saying so) and
+    then computes only what the first did not."""
+    root, ids = photos
+    folder = store_path(tmp_path / "feats", image_size=SIZE)
+    result: dict[str, FeatureStore] = {}
+    waiter = threading.Thread(
+        target=lambda: result.setdefault("store", _extract(root, ids[:4], tmp_path / "feats", progress=True))
+    )
+    first = _extract(root, ids[:3], tmp_path / "feats")
+    with exclusive(folder):  # held through another file description: to flock, another holder
+        waiter.start()
+        waiter.join(timeout=1.0)
+        assert waiter.is_alive() and "store" not in result  # still waiting on the lock
+    waiter.join(timeout=120)
+    assert not waiter.is_alive()
+    assert first.computed == 3 and result["store"].complete and result["store"].computed == 1
+    assert f"to finish writing {folder}" in capsys.readouterr().err
 
 
 def _flickr8k_folder(tmp_path: Path, n: int = 6) -> Path:

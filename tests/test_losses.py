@@ -160,3 +160,38 @@ def test_classifier_learns_two_separable_clouds():
         opt.step()
     logits, labels = modality_logits_and_labels(clf, img, txt)
     assert ((logits > 0).float() == labels).float().mean().item() > 0.97
+
+
+@pytest.mark.parametrize("same_image_negatives", [False, True])
+def test_same_image_negatives_option_reaches_the_training_step(same_image_negatives):
+    """``loss.same_image_negatives``: the step's ranking loss leaves a row's same-image captions
+    out (default) or counts them as negatives (the VSE++ reference code), as the loss computed
+    here from the model's embeddings with or without the image ids."""
+    from itmatch.models import build_model
+    from itmatch.training.config import load_config
+    from itmatch.training.schedule import parse_stage
+    from itmatch.training.step import StepContext, train_step
+    from itmatch.training.trainer import make_optimizers, set_trainable
+
+    cfg = load_config("vsepp", [f"loss.same_image_negatives={str(same_image_negatives).lower()}"])
+    assert cfg["loss"]["same_image_negatives"] is same_image_negatives
+    torch.manual_seed(0)
+    model = build_model({"embed_dim": 16, "word_dim": 8, "text_encoder": "gru"}, vocab_size=30, feature_dim=12)
+    stage = parse_stage({"name": "s", "epochs": 1, "lr": 1e-3, "train": ["image", "text"], "rank": "sum"}, "test")
+    set_trainable(model, stage)
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "images": torch.randn(12, 12, generator=g),
+        "text": {"tokens": torch.randint(4, 30, (12, 6), generator=g), "lengths": torch.randint(2, 7, (12,), generator=g)},
+        "image_ids": torch.arange(12) // 3,  # 3 captions per image
+    }
+    model.train()
+    with torch.no_grad():
+        im, tx = model.encoders()(batch["images"], batch["text"])
+    with_ids = triplet_ranking_loss(im, tx, 0.2, image_ids=batch["image_ids"])
+    without = triplet_ranking_loss(im, tx, 0.2)
+    assert without > with_ids  # the same-image pairs do violate the margin here
+    ctx = StepContext(same_image_negatives=bool(cfg["loss"]["same_image_negatives"]))
+    out = train_step(model, batch, stage, make_optimizers(model, stage, 0), ctx)
+    expected = without if same_image_negatives else with_ids
+    torch.testing.assert_close(out["rank_loss"], expected, rtol=1e-5, atol=1e-4)

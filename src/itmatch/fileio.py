@@ -8,6 +8,7 @@ import errno
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,13 @@ from itmatch.errors import ItmatchError
 
 
 @contextlib.contextmanager
-def exclusive_lock(lock_file: Path, busy_message: str) -> Iterator[None]:
-    """Hold an exclusive, non-blocking lock on ``lock_file`` (POSIX ``flock``; no locking
-    elsewhere). A second holder gets ``ItmatchError(busy_message + " (held by PID N)")`` instead
-    of waiting: the holder writes its PID into the file. The lock dies with its process (kill -9
+def exclusive_lock(
+    lock_file: Path, busy_message: str, wait_s: float = 0.0, on_wait: Callable[[str], None] | None = None
+) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_file`` (POSIX ``flock``; no locking elsewhere). While
+    another process holds it, wait up to ``wait_s`` seconds (polling; ``on_wait(holder_pid)`` is
+    called once when the wait starts), then raise ``ItmatchError(busy_message + " (held by PID
+    N)")``: the holder writes its PID into the file. The lock dies with its process (kill -9
     included), so a stale file never blocks anyone."""
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with open(lock_file, "a+") as fh:
@@ -28,12 +32,21 @@ def exclusive_lock(lock_file: Path, busy_message: str) -> Iterator[None]:
         except ImportError:  # not POSIX: no locking
             yield
             return
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read(32).strip()
-            raise ItmatchError(busy_message + (f" (held by PID {holder})" if holder.isdigit() else "")) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                fh.seek(0)
+                holder = fh.read(32).strip()
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise ItmatchError(busy_message + (f" (held by PID {holder})" if holder.isdigit() else "")) from None
+                if on_wait is not None:
+                    on_wait(holder)
+                    on_wait = None
+                time.sleep(min(0.25, left))
         try:
             fh.seek(0)
             fh.truncate()

@@ -84,6 +84,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
     grid: bool = False,
+    lock_wait_s: float = 3600.0,
 ) -> FeatureStore:
     """Extract (or reuse) features of ``image_root/<id>`` for every id; returns the store.
 
@@ -99,6 +100,11 @@ def extract_features(
     Raises :class:`~itmatch.errors.ImageReadError` naming every missing or undecodable image,
     after all the readable ones are computed and saved (so a rerun after fixing the files
     computes only those).
+
+    Another process extracting into the same store (a second training started on the same cache)
+    holds its lock: this call waits up to ``lock_wait_s`` seconds for it (saying so on stderr
+    when ``progress`` is True), then computes only what the other one left, or raises
+    :class:`~itmatch.errors.ItmatchError` naming the holder's PID.
     """
     if batch_size < 1 or num_workers < 0:
         raise ItmatchError(f"batch_size must be >= 1 and num_workers >= 0 (got {batch_size}, {num_workers})")
@@ -134,7 +140,11 @@ def extract_features(
         existing.cached = True
         return existing
 
-    with exclusive(folder):
+    def say_waiting(holder: str) -> None:
+        if progress is True:
+            print(f"waiting for process {holder or '?'} to finish writing {folder}", file=sys.stderr, flush=True)
+
+    with exclusive(folder, lock_wait_s, say_waiting):
         notes: list[str] = []
         existing = read_store(folder)
         if isinstance(existing, str) and (folder / SIDECAR_FILE).exists():

@@ -31,6 +31,7 @@ from itmatch.fileio import atomic_write_bytes, exclusive_lock
 from itmatch.models.minilm import MiniLMTextEncoder
 
 ENCODE_BATCH = 256  # sentences per transformer pass (all of one length: no padding)
+LOCK_WAIT_S = 3600.0  # how long a run waits for another one writing the same cache file
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -109,8 +110,8 @@ def prime_sentence_cache(
     stored = _read(path, tokens_each)
     missing = [k for k in keys if k not in stored]
     if missing:
-        with exclusive_lock(
-            path.with_suffix(".lock"), f"{path} is being written by another run; wait for it to finish"
+        with exclusive_lock(  # a second run started on the same cache waits for the first one's pass
+            path.with_suffix(".lock"), f"{path} is still being written by another run", wait_s=LOCK_WAIT_S
         ):
             stored = _read(path, tokens_each)  # another run may have written them meanwhile
             missing = [k for k in keys if k not in stored]

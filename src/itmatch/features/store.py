@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -245,6 +245,9 @@ def write_sidecar(folder: Path, meta: dict[str, Any]) -> None:
     atomic_write_text(folder / SIDECAR_FILE, text)
 
 
-def exclusive(folder: Path):
-    """An exclusive lock on the folder: a second writer gets a clear error instead of waiting."""
-    return exclusive_lock(folder / LOCK_FILE, f"{folder} is being written by another extraction; wait for it to finish")
+def exclusive(folder: Path, wait_s: float = 0.0, on_wait: Callable[[str], None] | None = None):
+    """An exclusive lock on the folder; a second writer waits up to ``wait_s`` seconds for it,
+    then gets a clear error."""
+    return exclusive_lock(
+        folder / LOCK_FILE, f"{folder} is being written by another extraction; wait for it to finish", wait_s, on_wait
+    )

@@ -19,7 +19,7 @@ from itmatch.data.readers import FORMATS
 from itmatch.errors import ConfigError
 from itmatch.models.joint import MODEL_DEFAULTS
 from itmatch.training.schedule import parse_stages
-from itmatch.training.schema import Choice, Field, FilePath, Float, Int, ListOf, Str, check_section
+from itmatch.training.schema import Bool, Choice, Field, FilePath, Float, Int, ListOf, Str, check_section
 from itmatch.training.step import PRECISIONS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"  # package data (``configs/`` at the repository root links here)
@@ -44,7 +44,9 @@ DEFAULTS: dict[str, Any] = {
         "image_size": 224,
     },
     "model": dict(MODEL_DEFAULTS),
-    "loss": {"margin": 0.2},
+    # same_image_negatives: other captions of a row's image in the batch count as its negatives
+    # (as in the VSE++ reference code) instead of being left out of the loss (the default).
+    "loss": {"margin": 0.2, "same_image_negatives": False},
     "training": {
         "batch_size": 128,
         "grad_clip": 2.0,
@@ -99,7 +101,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "text_pool": Choice((None, "gpo")),
         "text_tune_layers": Int(min=1, nullable=True),
     },
-    "loss": {"margin": Float(min=0)},
+    "loss": {"margin": Float(min=0), "same_image_negatives": Bool()},
     "training": {
         "batch_size": Int(min=2),  # negatives come from the batch
         "grad_clip": Float(min=0),  # 0: no clipping

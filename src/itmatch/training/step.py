@@ -40,6 +40,7 @@ class StepContext:
     """How steps run: devices, precision, distribution. Built once per stage by the trainer."""
 
     margin: float = 0.2
+    same_image_negatives: bool = False  # loss.same_image_negatives
     grad_clip: float = 2.0
     accumulate: int = 1
     device_type: str = "cpu"
@@ -282,7 +283,8 @@ def train_step(
                 ids = gather_no_grad(chunk["image_ids"], ctx.dist, sizes)
                 loss = im.new_zeros(())
                 if stage.rank is not None:
-                    rank = triplet_ranking_loss(im, tx, ctx.margin, stage.rank == "max_violation", image_ids=ids)
+                    same = None if ctx.same_image_negatives else ids
+                    rank = triplet_ranking_loss(im, tx, ctx.margin, stage.rank == "max_violation", image_ids=same)
                     loss = loss + rank
                     add("rank_loss", rank)
                 if stage.align is not None:

@@ -524,6 +524,7 @@ def step_context(
         scaler = _grad_scaler(precision, device)
     ctx = StepContext(
         margin=float(cfg["loss"]["margin"]),
+        same_image_negatives=bool(cfg["loss"].get("same_image_negatives", False)),  # absent in pre-option configs
         grad_clip=float(tcfg["grad_clip"]),
         accumulate=int(tcfg["accumulate"]),
         device_type=device.type,
