@@ -285,6 +285,11 @@ def _objective(variant: str) -> str:
     return variant.removesuffix("_300").removesuffix("_380")
 
 
+def _fine_tuned_variants(groups: dict[str, list[dict[str, Any]]], bed: int) -> list[str]:
+    """The invariance variants (``ft_*``) run on fine-tuned testbed ``bed``, by name."""
+    return sorted(n for n in groups if testbed(n) == bed and n.startswith("ft_"))
+
+
 def plot_best() -> Path:
     """The best model's trade-off: dev rsum against probe accuracy and centroid distance, one point
     per variant and seed, a colour per photo size, a thin line from each seed's control to the same
@@ -300,7 +305,7 @@ def plot_best() -> Path:
     for ax, col, label in ((axes[0], "probe_acc", "fresh linear probe accuracy (%)"), (axes[1], "centroid_dist", "centroid distance")):
         for bed, (size, control) in BEST_TESTBEDS.items():
             controls = {e["seed"]: e["dev_metrics"] for e in groups.get(control, [])}
-            names = [control] + sorted(n for n in groups if testbed(n) == bed and n.startswith("ft_"))
+            names = [control] + _fine_tuned_variants(groups, bed)
             for name in names:
                 entries = groups.get(name, [])
                 if not entries:
@@ -346,7 +351,7 @@ def paired() -> str:
     pooled: dict[str, list[tuple[float, float]]] = {}
     for bed, (size, control) in BEST_TESTBEDS.items():
         controls = {e["seed"]: e for e in groups.get(control, [])}
-        for name in sorted(n for n in groups if testbed(n) == bed and n.startswith("ft_")):
+        for name in _fine_tuned_variants(groups, bed):
             pairs = [
                 (e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
                 for e in sorted(groups[name], key=lambda e: e["seed"])

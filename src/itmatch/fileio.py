@@ -15,6 +15,10 @@ from typing import Any
 
 from itmatch.errors import ItmatchError
 
+# How long a second writer of a shared cache (feature store, sentence cache) waits for the first
+# one's lock before it gives up: long enough for a whole extraction pass.
+WRITER_WAIT_S = 3600.0
+
 
 @contextlib.contextmanager
 def exclusive_lock(

@@ -40,6 +40,7 @@ from itmatch.features.store import (
     save_done,
     write_sidecar,
 )
+from itmatch.fileio import WRITER_WAIT_S
 
 if TYPE_CHECKING:
     from itmatch.data.corpus import Corpus
@@ -84,7 +85,7 @@ def extract_features(
     device: str | torch.device = "cpu",
     num_threads: int | None = None,
     grid: bool = False,
-    lock_wait_s: float = 3600.0,
+    lock_wait_s: float = WRITER_WAIT_S,
 ) -> FeatureStore:
     """Extract (or reuse) features of ``image_root/<id>`` for every id; returns the store.
 

@@ -27,11 +27,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from itmatch.fileio import atomic_write_bytes, exclusive_lock
+from itmatch.fileio import WRITER_WAIT_S, atomic_write_bytes, exclusive_lock
 from itmatch.models.minilm import MiniLMTextEncoder
 
 ENCODE_BATCH = 256  # sentences per transformer pass (all of one length: no padding)
-LOCK_WAIT_S = 3600.0  # how long a run waits for another one writing the same cache file
 
 
 def weights_digest(module: torch.nn.Module) -> str:
@@ -111,7 +110,7 @@ def prime_sentence_cache(
     missing = [k for k in keys if k not in stored]
     if missing:
         with exclusive_lock(  # a second run started on the same cache waits for the first one's pass
-            path.with_suffix(".lock"), f"{path} is still being written by another run", wait_s=LOCK_WAIT_S
+            path.with_suffix(".lock"), f"{path} is still being written by another run", wait_s=WRITER_WAIT_S
         ):
             stored = _read(path, tokens_each)  # another run may have written them meanwhile
             missing = [k for k in keys if k not in stored]
