@@ -87,9 +87,15 @@ VARIANTS: dict[str, tuple[str, str | None, list[str]]] = {
     "minilm_full_tft": ("vsepp_minilm", "minilm_full", BACKBONE + FULL_SIZE + ["stages.warmup.epochs=0", "stages.hardest.epochs=0"]),
     # Both fine-tuned: the CNN's epoch on top of the transformer's.
     "minilm_full_tft_ft": ("finetune", "minilm_full_tft", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES),
+    # More than one CNN epoch, one epoch per run so that every epoch is scored on dev: each
+    # continues the previous one's weights at the same constant rates (a fresh Adam state) over
+    # another shuffle and other crops (its own seed).
+    "minilm_full_ft_e2": ("finetune", "minilm_full_ft", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES + ["seed=1"]),
+    "minilm_full_ft_e3": ("finetune", "minilm_full_ft_e2", BACKBONE + MINILM + FULL_SIZE + FT_OVERRIDES + ["seed=2"]),
 }
 ROW_ORDER = ["vsepp", "gru", "gru_ft", "minilm", "minilm_ft", "minilm_tft", "gru_adv", "gru_adv_ft", "minilm_adv",
-             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_tft", "minilm_full_tft_ft"]  # fmt: skip
+             "minilm_adv_ft", "minilm_full", "minilm_full_ft", "minilm_full_ft_e2", "minilm_full_ft_e3", "minilm_full_tft",
+             "minilm_full_tft_ft"]  # fmt: skip
 DESCRIPTIONS = {
     "vsepp": "frozen features + GRU (plain vsepp recipe, no backbone in the model)",
     "gru": "frozen features + GRU (backbone in the model, frozen: cached features)",
@@ -105,6 +111,8 @@ DESCRIPTIONS = {
     "minilm_full_ft": "minilm_full + fine-tuned backbone",
     "minilm_full_tft": "minilm_full + transformer fine-tuned 1 epoch",
     "minilm_full_tft_ft": "minilm_full_tft + fine-tuned backbone (both encoders fine-tuned)",
+    "minilm_full_ft_e2": "minilm_full_ft + a second backbone epoch (fresh Adam, seed 1 shuffle)",
+    "minilm_full_ft_e3": "minilm_full_ft_e2 + a third backbone epoch (fresh Adam, seed 2 shuffle)",
 }
 
 
@@ -214,7 +222,7 @@ def run_variant(name: str, threads: int | None = None) -> dict[str, Any]:
     if threads:  # after flickr8k_setup's training.threads=1: this one wins
         extra = [*extra, f"training.threads={threads}"]
     run_dir = RUNS / name
-    cfg = load_config(recipe, [*OVERRIDES, *extra, f"seed={SEED}"], skip_missing_stages=True)
+    cfg = load_config(recipe, [*OVERRIDES, f"seed={SEED}", *extra], skip_missing_stages=True)  # a variant's own seed wins
     t = time.perf_counter()
     if (run_dir / "summary.json").exists():
         trained = False

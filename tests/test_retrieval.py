@@ -255,6 +255,71 @@ def test_incremental_update_embeds_only_new_and_changed_photos(setup, tmp_path):
                           m.inner.embed_images([str(spare[6])])[0], atol=1e-5)  # fmt: skip
 
 
+def _bmp(path: Path, colour: tuple[int, int, int]) -> Path:
+    from PIL import Image
+
+    Image.new("RGB", (40, 30), colour).save(path)  # an uncompressed BMP: its size does not depend on the colour
+    return path
+
+
+def test_a_touched_photo_keeps_its_vector_and_a_same_size_edit_does_not(setup, tmp_path):
+    folder, index = tmp_path / "photos", tmp_path / "index"
+    folder.mkdir()
+    for name, colour in (("red.bmp", (200, 30, 30)), ("green.bmp", (30, 200, 30)), ("blue.bmp", (30, 30, 200))):
+        _bmp(folder / name, colour)
+    m = CountingMatcher(setup.run)
+    build_index(m, folder, index)
+    before = PhotoIndex.open(index)
+    vectors = {p.path: before.photo_vectors[before.photo_row(p)].clone() for p in before.photos}
+    assert all(p.digest for p in before.photos)
+
+    # A restored or touched folder: every mtime new, every byte the same. Nothing is embedded, and
+    # the new times are recorded (a new generation), so the next update reads no file at all.
+    for name in vectors:
+        os.utime(folder / name, ns=(10**18, 10**18))
+    m.files.clear()
+    touched = build_index(m, folder, index)
+    assert m.files == [] and (touched.embedded, touched.reused, touched.restamped) == (0, 3, 3)
+    after = PhotoIndex.open(index)
+    assert {p.mtime_ns for p in after.photos} == {10**18}
+    for p in after.photos:
+        assert torch.equal(after.photo_vectors[after.photo_row(p)], vectors[p.path])
+    generation = json.loads((index / "index.json").read_text())["generation"]
+    again = build_index(m, folder, index)
+    assert (again.restamped, again.embedded) == (0, 0)
+    assert json.loads((index / "index.json").read_text())["generation"] == generation
+
+    # Other bytes of the same size under a new mtime: embedded again, with the new content's vector.
+    size = (folder / "red.bmp").stat().st_size
+    _bmp(folder / "red.bmp", (250, 250, 250))
+    assert (folder / "red.bmp").stat().st_size == size
+    os.utime(folder / "red.bmp", ns=(2 * 10**18, 2 * 10**18))
+    m.files.clear()
+    edited = build_index(m, folder, index)
+    assert m.files == ["red.bmp"] and (edited.embedded, edited.restamped) == (1, 0)
+    idx = PhotoIndex.open(index)
+    assert torch.allclose(idx.photo_vectors[idx.photo_row(idx.photo("red.bmp"))],
+                          m.inner.embed_images([str(folder / "red.bmp")])[0], atol=1e-5)  # fmt: skip
+
+
+def test_an_index_without_digests_falls_back_to_the_file_stat(setup, tmp_path):
+    folder, index = tmp_path / "photos", tmp_path / "index"
+    folder.mkdir()
+    _bmp(folder / "a.bmp", (10, 120, 240))
+    m = CountingMatcher(setup.run)
+    build_index(m, folder, index)
+    gen = index / json.loads((index / "index.json").read_text())["generation"]
+    cols = json.loads((gen / "photos.json").read_text())
+    del cols["digests"]  # as an index written before digests were recorded
+    (gen / "photos.json").write_text(json.dumps(cols))
+    assert PhotoIndex.open(index).photos[0].digest is None
+
+    os.utime(folder / "a.bmp", ns=(10**18, 10**18))
+    m.files.clear()
+    update = build_index(m, folder, index)
+    assert m.files == ["a.bmp"] and (update.embedded, update.restamped) == (1, 0)  # no digest: the stat decides
+    assert PhotoIndex.open(index).photos[0].digest is not None  # recorded from now on
+
 def test_an_interrupted_update_leaves_a_usable_index(setup, tmp_path):
     folder, index = tmp_path / "photos", tmp_path / "index"
     folder.mkdir()

@@ -140,6 +140,16 @@ def remove_stale_temp_files(folder: Path) -> list[Path]:
 _HASH_CACHE: dict[tuple[str, int, int], str] = {}
 
 
+def file_digest(path: str | Path) -> str:
+    """The content digest the feature store and the photo index record per image (BLAKE2b,
+    16 bytes, hex): it tells a copied or touched file (new mtime, same bytes) from a changed one."""
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file (memoised per path, size and mtime within the process)."""
     path = Path(path).resolve()

@@ -93,7 +93,8 @@ def _run(args: argparse.Namespace) -> int:
     for rel in summary.outside:
         eprint(f"warning: skipped {rel}: it links to a file outside {summary.images_root}")
     search = summary.approximate["method"] if summary.approximate else "exact"
-    print(f"{summary.index}: {summary.photos} photos ({summary.embedded} embedded, {summary.reused} unchanged, "
+    restamped = f" ({summary.restamped} with a new modification time, same bytes)" if summary.restamped else ""
+    print(f"{summary.index}: {summary.photos} photos ({summary.embedded} embedded, {summary.reused} unchanged{restamped}, "
           f"{summary.removed} removed, {len(summary.unreadable)} unreadable skipped), {summary.captions} sentences "
           f"({summary.captions_embedded} embedded); {search} search; {summary.seconds:.1f} s")  # fmt: skip
     return 0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import os
 import shutil
 import sys
@@ -40,7 +39,7 @@ from itmatch.features.store import (
     save_done,
     write_sidecar,
 )
-from itmatch.fileio import WRITER_WAIT_S
+from itmatch.fileio import WRITER_WAIT_S, file_digest
 
 if TYPE_CHECKING:
     from itmatch.data.corpus import Corpus
@@ -189,15 +188,6 @@ def extract_corpus_features(corpus: Corpus, out_dir: str | Path, **kwargs: Any) 
     if corpus.image_root is None:
         raise ItmatchError(f"{corpus.name}/{corpus.split} has no image folder (precomputed features only)")
     return extract_features(corpus.image_root, corpus.image_ids, out_dir, **kwargs)
-
-
-def file_digest(path: Path) -> str:
-    """The content digest a store records per image (BLAKE2b, 16 bytes, hex)."""
-    h = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _same_stat(record: Sequence[Any], stat: list[int]) -> bool:

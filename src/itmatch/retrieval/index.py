@@ -4,8 +4,10 @@ The folder's layout and the loaded index are in :mod:`itmatch.retrieval.index_st
 scan in :mod:`itmatch.retrieval.scan`; caption files in :mod:`itmatch.retrieval.captions`.
 
 Updates are atomic (a reader sees the old generation or the new one, never half of one) and
-incremental: a photo whose path, size and modification time are unchanged keeps its vector; new
-or changed photos are embedded; removed photos disappear. A long first build saves a generation
+incremental: a photo whose path, size and modification time are unchanged keeps its vector, and
+so does one whose modification time changed but whose bytes did not (a restored or touched folder:
+the digest recorded when it was embedded says so, and the new time is recorded); new or changed
+photos are embedded; removed photos disappear. A long first build saves a generation
 every ``save_every`` embedded photos, so an interrupted build resumes where it stopped.
 
 An index remembers the model that built it: :meth:`PhotoIndex.check_model` refuses any other one,
@@ -15,6 +17,7 @@ since vectors of two models live in different spaces.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +28,7 @@ from typing import Any
 import torch
 
 from itmatch.errors import ImageReadError, ItmatchError
-from itmatch.fileio import file_sha256, remove_stale_temp_files
+from itmatch.fileio import file_digest, file_sha256, remove_stale_temp_files
 from itmatch.retrieval.captions import read_captions
 from itmatch.retrieval.index_store import (
     INDEX_FORMAT,
@@ -57,6 +60,7 @@ class UpdateSummary:
     photos: int = 0  # in the index now
     embedded: int = 0  # new or changed photos embedded by this update
     reused: int = 0  # unchanged photos whose vectors were kept
+    restamped: int = 0  # of those, photos with a new modification time but the same bytes
     removed: int = 0  # photos gone from the folder (or now unreadable)
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> reason (skipped)
     outside: list[str] = field(default_factory=list)  # links pointing outside the folder (skipped)
@@ -155,7 +159,7 @@ def build_index(
         summary.captions = len(state.captions)
 
         found, summary.outside = scan_images(root, skip=[folder])
-        todo_rel, ids = _plan_photos(found, state, summary)
+        todo_rel, ids = _plan_photos(root, found, state, summary)
 
         def checkpoint() -> None:  # a resumable generation, without the approximate index
             write_generation(folder, state, manifest, approx_req, build_approximate=False)
@@ -210,8 +214,19 @@ def _update_captions(state: IndexState, pairs: list[tuple[str, str | None]], mat
     state.caption_vectors = torch.stack([known[t] for t, _ in pairs]) if pairs else torch.zeros(0, matcher.embed_dim)
 
 
+def _same_bytes(photo: Photo, path: Path, size: int) -> bool:
+    """Whether ``path`` (whose mtime differs from the recorded one) still holds the bytes ``photo``
+    was embedded from; False when no digest was recorded (indexes written before digests)."""
+    if photo.digest is None or photo.size != size:
+        return False
+    try:
+        return file_digest(path) == photo.digest
+    except OSError:
+        return False
+
+
 def _plan_photos(
-    found: dict[str, os.stat_result], state: IndexState, summary: UpdateSummary
+    root: Path, found: dict[str, os.stat_result], state: IndexState, summary: UpdateSummary
 ) -> tuple[list[str], dict[str, int]]:
     """Keep the unchanged photos in ``state``; returns the photos to embed and every known photo's id."""
     kept: dict[str, tuple[Photo, torch.Tensor]] = {}
@@ -220,6 +235,10 @@ def _plan_photos(
         old = state.photos.get(rel)
         if old is not None and old[0].size == st.st_size and old[0].mtime_ns == st.st_mtime_ns:
             kept[rel] = old
+            continue
+        if old is not None and _same_bytes(old[0], root / rel, st.st_size):
+            kept[rel] = (dataclasses.replace(old[0], mtime_ns=int(st.st_mtime_ns)), old[1])
+            summary.restamped += 1
             continue
         bad = state.unreadable.get(rel)
         if bad is not None and bad["size"] == st.st_size and bad["mtime_ns"] == st.st_mtime_ns:
@@ -265,7 +284,7 @@ def _embed_photos(
             if pid is None:
                 pid = state.next_id
                 state.next_id += 1
-            state.photos[rel] = (Photo(pid, rel, int(st.st_size), int(st.st_mtime_ns)), vec.clone())
+            state.photos[rel] = (Photo(pid, rel, int(st.st_size), int(st.st_mtime_ns), file_digest(root / rel)), vec.clone())
         for rel, reason in bad.items():
             summary.unreadable[rel] = reason
             state.unreadable[rel] = {"reason": reason, "size": int(found[rel].st_size), "mtime_ns": int(found[rel].st_mtime_ns)}
@@ -294,6 +313,7 @@ def _nothing_changed(
     return (
         summary.embedded == 0
         and summary.removed == 0
+        and summary.restamped == 0
         and state.captions == old_captions
         and summary.captions_embedded == 0
         and state.unreadable == before.get("unreadable")

@@ -7,7 +7,9 @@ Layout of an index folder::
                           folder, counts, unreadable files, the current generation
     gen-000003/           one generation, written in full before index.json points at it
       photos.npy          N x d float32, L2-normalised, rows in photos.json order
-      photos.json         {"ids", "paths" (relative, POSIX), "sizes", "mtimes_ns"} columns
+      photos.json         {"ids", "paths" (relative, POSIX), "sizes", "mtimes_ns", "digests"}
+                          columns (digests: BLAKE2b of each file's bytes; absent in indexes
+                          written before they were recorded, null for a photo without one)
       captions.npy        M x d float32 (when captions were indexed)
       captions.json       {"texts", "photos" (relative path of the described photo, or null)}
       photos.faiss        the approximate index (when built with ``approximate="ivf"|"hnsw"``)
@@ -48,6 +50,7 @@ class Photo:
     path: str  # relative to the indexed folder, POSIX separators
     size: int
     mtime_ns: int
+    digest: str | None = None  # of the file's bytes when it was embedded (fileio.file_digest)
 
 
 @dataclass(frozen=True)
@@ -132,8 +135,9 @@ class PhotoIndex:
         gen = folder / str(manifest["generation"])
         cols = _read_json(gen / "photos.json")
         try:
-            photos = [Photo(int(i), str(p), int(s), int(m))
-                      for i, p, s, m in zip(cols["ids"], cols["paths"], cols["sizes"], cols["mtimes_ns"], strict=True)]  # fmt: skip
+            digests = cols.get("digests") or [None] * len(cols["ids"])
+            photos = [Photo(int(i), str(p), int(s), int(m), None if h is None else str(h))
+                      for i, p, s, m, h in zip(cols["ids"], cols["paths"], cols["sizes"], cols["mtimes_ns"], digests, strict=True)]  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ItmatchError(f"{gen / 'photos.json'}: malformed photo table ({exc})") from exc
         d = int(manifest["model"]["embed_dim"])
@@ -261,7 +265,8 @@ def write_generation(
     vectors = torch.stack([state.photos[p][1] for p in paths]) if paths else torch.zeros(0, d)
     atomic_write_bytes(gen / "photos.npy", lambda fh: np.save(fh, vectors.numpy().astype(np.float32)))
     _write_json(gen / "photos.json", {"ids": [p.id for p in photos], "paths": paths,
-                                      "sizes": [p.size for p in photos], "mtimes_ns": [p.mtime_ns for p in photos]})  # fmt: skip
+                                      "sizes": [p.size for p in photos], "mtimes_ns": [p.mtime_ns for p in photos],
+                                      "digests": [p.digest for p in photos]})  # fmt: skip
     if state.captions:
         atomic_write_bytes(gen / "captions.npy", lambda fh: np.save(fh, state.caption_vectors.numpy().astype(np.float32)))
         _write_json(gen / "captions.json", {"texts": [c.text for c in state.captions],
