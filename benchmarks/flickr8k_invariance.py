@@ -350,10 +350,11 @@ def plot_best() -> Path:
 
 
 def paired() -> str:
-    """The best model's paired comparison: for every invariance objective in the fine-tuning stage,
-    its per-seed difference from the same seed's control (dev rsum, and the held-out-train
+    """The paired comparisons: for every invariance objective in the best model's fine-tuning
+    stage, its per-seed difference from the same seed's control (dev rsum, and the held-out-train
     validation rsum the project selects on), per photo size and pooled over sizes, with how many
-    seed pairs the variant is ahead on."""
+    seed pairs the variant is ahead on; then the GRU testbed's control against its baseline and
+    the adversary and the MMD penalty against the control."""
     groups = by_variant()
 
     def line(label: str, pairs: list[tuple[float, float]]) -> str:
@@ -377,6 +378,13 @@ def paired() -> str:
                 lines.append(line(f"{name} - {control} ({size})", pairs))
                 pooled.setdefault(_objective(name), []).extend(pairs)
     lines += [line(f"{objective}, every photo size", pairs) for objective, pairs in pooled.items() if len(pairs) > 3]
+    # The GRU testbed: every variant started from the same seed's baseline run, like its control.
+    for variant, control in (("gru_more", "gru"), ("gru_adv", "gru_more"), ("gru_mmd", "gru_more")):
+        controls = {e["seed"]: e for e in groups.get(control, [])}
+        pairs = [(e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
+                 for e in sorted(groups.get(variant, []), key=lambda e: e["seed"]) if (c := controls.get(e["seed"])) is not None]  # fmt: skip
+        if pairs:
+            lines.append(line(f"{variant} - {control} (GRU)", pairs))
     return "\n".join(lines)
 
 
@@ -399,7 +407,7 @@ def main() -> None:
             "import-baseline": ("copy the minilm / minilm_more / minilm_adv rows from flickr8k_baseline.json",
                                 lambda p: None, lambda args: print(import_baseline_rows())),
             "table": ("markdown table of every run so far", lambda p: None, lambda args: print(table())),
-            "paired": ("the best model's variants against the same seed's control (dev and validation rsum)",
+            "paired": ("the best model's and the GRU testbed's variants against the same seed's control (dev and validation rsum)",
                        lambda p: None, lambda args: print(paired())),
             "plot": ("rsum against probe accuracy and centroid distance -> docs/invariance_tradeoff.png "
                      "(the Lite0 testbed) and docs/invariance_best_model.png (the best recipe)",

@@ -15,6 +15,7 @@ import os
 import sys
 
 from itmatch.errors import ItmatchError
+from itmatch.memory import retain_freed_memory
 
 DESCRIPTION = "itmatch: match photos and sentences - train, evaluate, index a photo folder and search it by sentence."
 DEBUG_ENV = "ITMATCH_DEBUG"  # =1: tracebacks instead of one-line errors (as --debug)
@@ -64,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     debug = bool(getattr(args, "debug", False)) or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     # The one place where errors become one line: the project's own errors (bad input, named)
     # and the operating system's (a read-only or full disk, a missing file), unless --debug.
+    # The command line owns its process: big freed blocks stay in it, so photo batches do not
+    # page-fault their activations in afresh every time (itmatch.memory; 6x faster at 380 px).
+    retain_freed_memory()
     try:
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)

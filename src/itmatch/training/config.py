@@ -58,6 +58,9 @@ DEFAULTS: dict[str, Any] = {
         "precision": "fp32",  # fp32 | bf16 (autocast, CPU and GPU) | fp16 (autocast + grad scaler, CUDA only)
         "accumulate": 1,  # micro-batches per step (negatives then come from the micro-batch only)
         "threads": None,  # torch intra-op threads; None: torch's default (on a busy CPU, 1 can be faster)
+        # Keep freed memory in the process (itmatch.memory.retain_freed_memory; Linux, glibc):
+        # auto = on a CPU device when a stage trains a backbone on photos.
+        "retain_memory": "auto",
     },
     "stages": [],
 }
@@ -113,6 +116,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "precision": Choice(tuple(PRECISIONS)),
         "accumulate": Int(min=1),
         "threads": Int(min=1, nullable=True),
+        "retain_memory": Choice(("auto", True, False)),
     },
 }
 
@@ -257,7 +261,7 @@ def load_config(
 # loss, batch size, learning rates, precision, the stages already run) would make the resumed run
 # a different run than its checkpoints, so it is refused.
 RESUMABLE_KEYS = frozenset({
-    "training.device", "training.threads", "training.num_workers", "training.eval_batch_size",
+    "training.device", "training.threads", "training.num_workers", "training.eval_batch_size", "training.retain_memory",
     "training.log_every", "training.checkpoint_every", "data.feature_cache",
 })  # fmt: skip
 

@@ -37,6 +37,7 @@ from itmatch.device import pick_device
 from itmatch.errors import ConfigError, ItmatchError
 from itmatch.fileio import atomic_write_text, exclusive_lock, remove_stale_temp_files
 from itmatch.losses import classifier_accuracy, dann_lambda
+from itmatch.memory import retain_freed_memory
 from itmatch.models import JointModel, build_model
 from itmatch.models.joint import resolve_model_config
 from itmatch.models.text_processing import encode_by_length, make_text_processor, text_batch_size
@@ -272,11 +273,21 @@ def _train_in(
     if tcfg.get("threads"):
         torch.set_num_threads(int(tcfg["threads"]))
     info, device = init_distributed(pick_device(tcfg["device"]))
+    if _retains_memory(tcfg.get("retain_memory", "auto"), device, stages):
+        retain_freed_memory()  # photo steps: no mmap, page faults and munmap of every activation
     try:
         return _train(cfg, stages, run_dir, state, info, device, init_from, progress and info.is_main, log)
     finally:
         shutdown_distributed()
         torch.set_num_threads(threads)
+
+
+def _retains_memory(setting: str | bool, device: torch.device, stages: list[Stage]) -> bool:
+    """``training.retain_memory``: True / False, or ``auto``: on a CPU device when some stage
+    trains a backbone on photos (6x faster steps here, at about 1.5x the resident memory: docs/training.md)."""
+    if setting == "auto":
+        return device.type == "cpu" and any("backbone" in s.train for s in stages)
+    return bool(setting)
 
 
 def _train(
