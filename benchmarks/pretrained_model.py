@@ -147,7 +147,7 @@ def main() -> None:
     torch.set_num_threads(1)
     data = Path(args.data)
     # As the itmatch command line does for its process (itmatch.memory: photo batches at 380 px
-    # run 6x faster when their freed activations stay mapped; results/cpu_memory.json).
+    # run 5x faster when their freed activations stay mapped; results/cpu_memory.json).
     result: dict = {"load_average_at_start": load_average(), "retain_freed_memory": retain_freed_memory()}
     if args.export:
         from itmatch.pretrained import export_model

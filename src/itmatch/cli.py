@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     # The one place where errors become one line: the project's own errors (bad input, named)
     # and the operating system's (a read-only or full disk, a missing file), unless --debug.
     # The command line owns its process: big freed blocks stay in it, so photo batches do not
-    # page-fault their activations in afresh every time (itmatch.memory; 6x faster at 380 px).
+    # page-fault their activations in afresh every time (itmatch.memory; 5x faster at 380 px).
     retain_freed_memory()
     try:
         module = importlib.import_module(COMMANDS[args.command][0])

@@ -284,7 +284,7 @@ def _train_in(
 
 def _retains_memory(setting: str | bool, device: torch.device, stages: list[Stage]) -> bool:
     """``training.retain_memory``: True / False, or ``auto``: on a CPU device when some stage
-    trains a backbone on photos (6x faster steps here, at about 1.5x the resident memory: docs/training.md)."""
+    trains a backbone on photos (4.4x faster steps here, at a higher peak memory: docs/training.md)."""
     if setting == "auto":
         return device.type == "cpu" and any("backbone" in s.train for s in stages)
     return bool(setting)
