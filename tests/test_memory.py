@@ -72,10 +72,12 @@ def test_train_applies_the_setting(tmp_path, precomp_data, monkeypatch):
     assert calls == [1]
 
 
-def test_the_command_line_retains_memory_for_its_process(monkeypatch, capsys):
+def test_the_command_line_retains_memory_for_its_process(monkeypatch, capsys, tmp_path):
     from itmatch import cli
 
     calls = []
     monkeypatch.setattr(cli, "retain_freed_memory", lambda: calls.append(1) or True)
     assert cli.main(["models"]) == 0
+    assert calls == [1]
+    assert cli.main(["train", "--config", "no-such-recipe", "--out", str(tmp_path / "run")]) == 1  # the run's setting decides
     assert calls == [1]

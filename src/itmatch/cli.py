@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     # and the operating system's (a read-only or full disk, a missing file), unless --debug.
     # The command line owns its process: big freed blocks stay in it, so photo batches do not
     # page-fault their activations in afresh every time (itmatch.memory; 5x faster at 380 px).
-    retain_freed_memory()
+    # `train` leaves it to the run's training.retain_memory (which may say false).
+    if args.command != "train":
+        retain_freed_memory()
     try:
         module = importlib.import_module(COMMANDS[args.command][0])
         return int(module.run(args) or 0)

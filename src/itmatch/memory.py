@@ -9,7 +9,7 @@ the next step reuses the pages it already has (``benchmarks/cpu_memory.py`` meas
 
 The setting is process-wide and stays until the process exits, which then keeps its peak memory
 (it never returns it to the system). The trainer applies it on CPU (``training.retain_memory``);
-the command line applies it for the commands that embed photos. A library user calls it, or not.
+the command line applies it for every command but ``train``. A library user calls it, or not.
 """
 
 from __future__ import annotations
