@@ -363,27 +363,23 @@ def paired() -> str:
                  ", ".join(f"{v:+.2f}" for v in val), f"{statistics.mean(val):+.2f}", f"{sum(v > 0 for v in val)} / {len(val)}"]  # fmt: skip
         return f"| {label} | " + " | ".join(cells) + " |"
 
+    def seed_pairs(variant: str, control: str) -> list[tuple[float, float]]:
+        controls = {e["seed"]: e for e in groups.get(control, [])}
+        return [(e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
+                for e in sorted(groups.get(variant, []), key=lambda e: e["seed"]) if (c := controls.get(e["seed"])) is not None]  # fmt: skip
+
     lines = ["| variant - control | dev rsum, per seed | mean | ahead | val rsum, per seed | mean | ahead |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
     pooled: dict[str, list[tuple[float, float]]] = {}
     for bed, (size, control) in BEST_TESTBEDS.items():
-        controls = {e["seed"]: e for e in groups.get(control, [])}
         for name in _fine_tuned_variants(groups, bed):
-            pairs = [
-                (e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
-                for e in sorted(groups[name], key=lambda e: e["seed"])
-                if (c := controls.get(e["seed"])) is not None
-            ]  # fmt: skip
-            if pairs:
+            if pairs := seed_pairs(name, control):
                 lines.append(line(f"{name} - {control} ({size})", pairs))
                 pooled.setdefault(_objective(name), []).extend(pairs)
     lines += [line(f"{objective}, every photo size", pairs) for objective, pairs in pooled.items() if len(pairs) > 3]
     # The GRU testbed: every variant started from the same seed's baseline run, like its control.
     for variant, control in (("gru_more", "gru"), ("gru_adv", "gru_more"), ("gru_mmd", "gru_more")):
-        controls = {e["seed"]: e for e in groups.get(control, [])}
-        pairs = [(e["dev_metrics"]["rsum"] - c["dev_metrics"]["rsum"], e["selected"]["val_rsum"] - c["selected"]["val_rsum"])
-                 for e in sorted(groups.get(variant, []), key=lambda e: e["seed"]) if (c := controls.get(e["seed"])) is not None]  # fmt: skip
-        if pairs:
+        if pairs := seed_pairs(variant, control):
             lines.append(line(f"{variant} - {control} (GRU)", pairs))
     return "\n".join(lines)
 

@@ -150,6 +150,18 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def same_bytes(path: str | Path, size: int, recorded_size: int, recorded_digest: str | None) -> bool:
+    """Whether the file at ``path`` (now ``size`` bytes) still holds the bytes recorded as
+    ``recorded_size`` / ``recorded_digest``: False without a recorded digest, on another size (no
+    read), or when the file cannot be read."""
+    if recorded_digest is None or recorded_size != size:
+        return False
+    try:
+        return file_digest(path) == recorded_digest
+    except OSError:
+        return False
+
+
 def file_sha256(path: str | Path) -> str:
     """SHA-256 of a file (memoised per path, size and mtime within the process)."""
     path = Path(path).resolve()

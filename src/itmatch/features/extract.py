@@ -39,7 +39,7 @@ from itmatch.features.store import (
     save_done,
     write_sidecar,
 )
-from itmatch.fileio import WRITER_WAIT_S, file_digest
+from itmatch.fileio import WRITER_WAIT_S, file_digest, same_bytes
 
 if TYPE_CHECKING:
     from itmatch.data.corpus import Corpus
@@ -198,14 +198,7 @@ def _same_file(record: Sequence[Any], stat: list[int], path: Path) -> bool:
     """Whether the file recorded as ``record`` ([size, mtime_ns] or [size, mtime_ns, digest]) is
     unchanged: the same size and mtime, or (a copied or touched data set: new mtimes, same bytes)
     the same size and content digest. Records without a digest (older stores) compare the stat only."""
-    if _same_stat(record, stat):
-        return True
-    if len(record) < 3 or record[0] != stat[0]:
-        return False
-    try:
-        return file_digest(path) == record[2]
-    except OSError:
-        return False
+    return _same_stat(record, stat) or same_bytes(path, stat[0], record[0], record[2] if len(record) > 2 else None)
 
 
 def _stale(store: FeatureStore, stats: dict[str, list[int]]) -> bool:

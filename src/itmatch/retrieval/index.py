@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from itmatch.errors import ImageReadError, ItmatchError
-from itmatch.fileio import file_digest, file_sha256, remove_stale_temp_files
+from itmatch.fileio import file_digest, file_sha256, remove_stale_temp_files, same_bytes
 from itmatch.retrieval.captions import read_captions
 from itmatch.retrieval.index_store import (
     INDEX_FORMAT,
@@ -214,17 +214,6 @@ def _update_captions(state: IndexState, pairs: list[tuple[str, str | None]], mat
     state.caption_vectors = torch.stack([known[t] for t, _ in pairs]) if pairs else torch.zeros(0, matcher.embed_dim)
 
 
-def _same_bytes(photo: Photo, path: Path, size: int) -> bool:
-    """Whether ``path`` (whose mtime differs from the recorded one) still holds the bytes ``photo``
-    was embedded from; False when no digest was recorded (indexes written before digests)."""
-    if photo.digest is None or photo.size != size:
-        return False
-    try:
-        return file_digest(path) == photo.digest
-    except OSError:
-        return False
-
-
 def _plan_photos(
     root: Path, found: dict[str, os.stat_result], state: IndexState, summary: UpdateSummary
 ) -> tuple[list[str], dict[str, int]]:
@@ -236,7 +225,7 @@ def _plan_photos(
         if old is not None and old[0].size == st.st_size and old[0].mtime_ns == st.st_mtime_ns:
             kept[rel] = old
             continue
-        if old is not None and _same_bytes(old[0], root / rel, st.st_size):
+        if old is not None and same_bytes(root / rel, st.st_size, old[0].size, old[0].digest):  # touched, not changed
             kept[rel] = (dataclasses.replace(old[0], mtime_ns=int(st.st_mtime_ns)), old[1])
             summary.restamped += 1
             continue
