@@ -20,8 +20,8 @@ of one of these; every variant names its photo size (``data.image_size``):
 - ``best_gpo`` / ``best_gpo_frozen``: the sentence is GPO over MiniLM's projected token states
   (``model.text_pool=gpo``, VSE-infinity's text side) instead of the mean of its token states;
   with and without the fine-tuning stage;
-- ``best_frozen_300`` / ``best_300`` (``_340``, ``_380``): Lite2 features of the photos at 300
-  (340, 380) px instead of its native 260 (a CNN trained on random crops often does better a little above its training size:
+- ``best_frozen_300`` / ``best_300`` (``_340``, ``_380``, ``_420``, ``_460``): Lite2 features of the
+  photos at 300 (340, 380, 420, 460) px instead of its native 260 (a CNN trained on random crops often does better a little above its training size:
   Touvron et al., "Fixing the train-test resolution discrepancy", 2019);
 - ``best_frozen_300_mlp`` / ``best_300_mlp``: the image side projects the pooled feature by a
   linear layer plus a residual MLP (``model.image_head=mlp``, 1280 -> 512 -> 1024 with BatchNorm
@@ -71,6 +71,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380"], "the recipe as shipped: Lite2 features of 380 px photos"),
     "best_frozen_420": (RECIPE, HOLDOUT + ["data.image_size=420", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 420 px photos"),
     "best_420": (RECIPE, HOLDOUT + BF16 + ["data.image_size=420"], "the recipe on Lite2 features of 420 px photos"),
+    "best_frozen_460": (RECIPE, HOLDOUT + ["data.image_size=460", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 460 px photos"),
+    "best_460": (RECIPE, HOLDOUT + BF16 + ["data.image_size=460"], "the recipe on Lite2 features of 460 px photos"),
     "best_frozen_300_mlp": (RECIPE, HOLDOUT + ["data.image_size=300", "model.image_head=mlp", f"{FT}.epochs=0"],
                             "best_frozen_300 with a residual MLP beside the image projection (VSE-infinity's head)"),
     "best_300_mlp": (RECIPE, HOLDOUT + BF16 + ["data.image_size=300", "model.image_head=mlp"], "best_300 with the MLP image head"),
@@ -94,8 +96,8 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
 
 
 # The plot's variants: the resolutions, frozen and fine-tuned, and the longer fine-tuning stage.
-PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380", "best_frozen_420",
-           "best", "best_300", "best_340", "best_380", "best_420", "best_300_e8", "best_380_e8")
+PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380", "best_frozen_420", "best_frozen_460",
+           "best", "best_300", "best_340", "best_380", "best_420", "best_460", "best_300_e8", "best_380_e8")
 
 
 def seeds(data: Path) -> None:

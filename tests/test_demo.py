@@ -118,7 +118,10 @@ def test_table_has_every_model_and_recall_far_above_chance(demo_run) -> None:
     steps = {k: v for k, v in timings.items() if k != "total"}
     assert set(steps) == {"data", "features", "evaluate", "report", *(f"train_{m.key}" for m in MODELS)}
     assert all(v > 0 for v in steps.values())
-    assert timings["total"] >= sum(steps.values())
+    # results.json rounds each timing to 0.01 s, so the rounded parts may add up to at most half a
+    # hundredth per value more than the rounded total (seen in CI: total 8.29 against parts 8.30).
+    rounding = 0.005 * (len(steps) + 1)
+    assert timings["total"] >= sum(steps.values()) - rounding
 
 
 def test_data_and_features_are_reused(demo_run) -> None:
