@@ -51,14 +51,19 @@ def test_retained_memory_serves_the_next_big_block_without_page_faults():
 
 
 @pytest.mark.parametrize(
-    ("setting", "device", "photo_stage", "expected"),
-    [("auto", "cpu", True, True), ("auto", "cpu", False, False), ("auto", "cuda", True, False),
-     (True, "cpu", False, True), (False, "cpu", True, False)],
+    ("setting", "device", "photo_stage", "data", "expected"),
+    [("auto", "cpu", True, "/feats", True), ("auto", "cpu", False, "/feats", False), ("auto", "cuda", True, "auto", False),
+     ("auto", "cpu", False, "auto", True),  # features missing from the cache are extracted first
+     ("auto", "cpu", False, "none", True),  # frozen stages embed the photos
+     ("auto", "cuda", False, "none", False),
+     ("auto", "cpu", False, "precomp", False),  # feature files, no photos
+     (True, "cpu", False, "/feats", True), (False, "cpu", True, "auto", False)],
 )  # fmt: skip
-def test_the_trainer_retains_memory_on_cpu_photo_stages_unless_told(setting, device, photo_stage, expected):
+def test_the_trainer_retains_memory_when_photos_go_through_the_cpu_unless_told(setting, device, photo_stage, data, expected):
     train = ["image", "backbone", "text"] if photo_stage else ["image", "text"]
     stages = parse_stages([{"name": "s", "epochs": 1, "lr": 1e-4, "train": train, "rank": "sum"}])
-    assert trainer._retains_memory(setting, torch.device(device), stages) is expected
+    data_cfg = {"format": "precomp"} if data == "precomp" else {"format": "flickr8k", "features": data}
+    assert trainer._retains_memory(setting, torch.device(device), stages, data_cfg) is expected
 
 
 def test_train_applies_the_setting(tmp_path, precomp_data, monkeypatch):
@@ -68,7 +73,7 @@ def test_train_applies_the_setting(tmp_path, precomp_data, monkeypatch):
     trainer.train(cfg, tmp_path / "on")
     assert calls == [1]
     cfg = load_config("vsepp", tiny_overrides(precomp_data, "stages.0.epochs=1", "stages.1.epochs=0"))
-    trainer.train(cfg, tmp_path / "auto")  # precomputed features: no photo stage
+    trainer.train(cfg, tmp_path / "auto")  # precomputed feature files: no photos
     assert calls == [1]
 
 

@@ -273,8 +273,8 @@ def _train_in(
     if tcfg.get("threads"):
         torch.set_num_threads(int(tcfg["threads"]))
     info, device = init_distributed(pick_device(tcfg["device"]))
-    if _retains_memory(tcfg.get("retain_memory", "auto"), device, stages):
-        retain_freed_memory()  # photo steps: no mmap, page faults and munmap of every activation
+    if _retains_memory(tcfg.get("retain_memory", "auto"), device, stages, cfg["data"]):
+        retain_freed_memory()  # photo batches: no mmap, page faults and munmap of every activation
     try:
         return _train(cfg, stages, run_dir, state, info, device, init_from, progress and info.is_main, log)
     finally:
@@ -282,11 +282,16 @@ def _train_in(
         torch.set_num_threads(threads)
 
 
-def _retains_memory(setting: str | bool, device: torch.device, stages: list[Stage]) -> bool:
-    """``training.retain_memory``: True / False, or ``auto``: on a CPU device when some stage
-    trains a backbone on photos (4.4x faster steps here, at a higher peak memory: docs/training.md)."""
+def _retains_memory(setting: str | bool, device: torch.device, stages: list[Stage], data: dict[str, Any]) -> bool:
+    """``training.retain_memory``: True / False, or ``auto``: on a CPU device when photos may go
+    through the CNN in this process: a data set of photos (not ``precomp``) and a stage that
+    trains the backbone, or ``data.features`` ``auto`` (features missing from the cache are
+    extracted first: 5x faster at 380 px here) or ``none`` (frozen stages embed the photos); not
+    with a folder of precomputed features. Faster photo batches at a higher peak memory:
+    docs/training.md."""
     if setting == "auto":
-        return device.type == "cpu" and any("backbone" in s.train for s in stages)
+        cnn = any("backbone" in s.train for s in stages) or data.get("features", "auto") in ("auto", "none")
+        return device.type == "cpu" and data.get("format") != "precomp" and cnn
     return bool(setting)
 
 
