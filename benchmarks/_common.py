@@ -14,11 +14,13 @@ import datetime as _dt
 import json
 import os
 import platform
+import resource
 import shlex
+import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +163,26 @@ def reset_peak_rss() -> bool:
 
 
 RESULT_HEADER = ("name", "date", "command", "git", "machine")  # the bookkeeping keys write_result adds
+
+
+def time_steps(step: Callable[[], None], steps: int) -> dict[str, float]:
+    """``step`` once to warm up (first allocations, weights paged in), then ``steps`` timed times:
+    the median seconds a step, user and system CPU seconds and minor page faults per step, and the
+    process's peak resident memory (GB) at the end."""
+    step()
+    times, before = [], resource.getrusage(resource.RUSAGE_SELF)
+    for _ in range(steps):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "step_s": round(statistics.median(times), 3),
+        "user_s_per_step": round((after.ru_utime - before.ru_utime) / steps, 3),
+        "system_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 3),
+        "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
+        "peak_rss_gb": round(after.ru_maxrss / 2**20, 2),  # ru_maxrss: KiB on Linux
+    }
 
 
 def write_result(name: str, payload: dict[str, Any]) -> Path:

@@ -23,14 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 
-from _common import write_result
+from _common import time_steps, write_result
 
 CASES = ("lite0_224_train_b128", "lite2_380_embed_b32", "minilm_train_b128")
 MODES = ("default", "retained")
@@ -80,22 +77,7 @@ def child(case: str, mode: str, steps: int) -> dict[str, float | bool]:
         from itmatch.memory import retain_freed_memory
 
         applied = retain_freed_memory()
-    step = _step(case)
-    step()  # warm-up: first allocations, weights paged in
-    times, before = [], resource.getrusage(resource.RUSAGE_SELF)
-    for _ in range(steps):
-        t = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "retain_applied": applied,
-        "step_s": round(statistics.median(times), 3),
-        "user_s_per_step": round((after.ru_utime - before.ru_utime) / steps, 3),
-        "system_s_per_step": round((after.ru_stime - before.ru_stime) / steps, 3),
-        "minor_faults_per_step": round((after.ru_minflt - before.ru_minflt) / steps),
-        "peak_rss_gb": round(after.ru_maxrss / 2**20, 2),  # ru_maxrss: KiB on Linux
-    }
+    return {"retain_applied": applied, **time_steps(_step(case), steps)}
 
 
 def main() -> None:

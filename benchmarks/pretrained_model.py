@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import torch
-from search_flickr8k import percentiles
+from search_flickr8k import image_query_latency, percentiles, timed
 
 from itmatch.data import load_corpus
 from itmatch.evaluation.invariance import invariance_metrics
@@ -228,24 +228,13 @@ def main() -> None:
     queries = rng.sample(rows, args.queries)
     for _, caption in queries[:10]:  # warm-up
         engine.search_text(caption, 10)
-    ms, found = [], 0
-    for image, caption in queries:
-        t0 = time.perf_counter()
-        hits = engine.search_text(caption, 10)
-        ms.append((time.perf_counter() - t0) * 1000)
-        found += any(h.path == image for h in hits)
+    ms, hits = timed(lambda caption: engine.search_text(caption, 10), [caption for _, caption in queries])
+    found = sum(any(h.path == image for h in top) for (image, _), top in zip(queries, hits, strict=True))
     result["text_query"] = {"k": 10, "photos_searched": len(engine.index), "index": str(index_dir.name), "end_to_end": percentiles(ms),
                             "found_own_photo_in_top10": round(100 * found / len(queries), 1),
                             "queries": "dev-split captions, random sample (seed 0), one at a time: "
                                        "tokenise + MiniLM + projection + exact search"}  # fmt: skip
-    photos = rng.sample([images / p.path for p in engine.index.photos], args.image_queries)
-    img_ms = []
-    for p in photos:
-        t0 = time.perf_counter()
-        engine.search_image(p, 10)
-        img_ms.append((time.perf_counter() - t0) * 1000)
-    result["image_query"] = {"k": 10, "end_to_end": percentiles(img_ms),
-                             "note": "decode + resize + backbone + projection + search, one photo at a time"}  # fmt: skip
+    result["image_query"] = image_query_latency(engine, rng.sample([images / p.path for p in engine.index.photos], args.image_queries))
     print(f"text query p50 {result['text_query']['end_to_end']['p50_ms']} ms, "
           f"p99 {result['text_query']['end_to_end']['p99_ms']} ms")  # fmt: skip
 

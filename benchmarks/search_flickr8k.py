@@ -19,7 +19,9 @@ import csv
 import random
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,6 +39,22 @@ def percentiles(ms: list[float]) -> dict[str, float]:
     return {"n": len(ms), "p50_ms": round(float(np.percentile(a, 50)), 3), "p90_ms": round(float(np.percentile(a, 90)), 3),
             "p99_ms": round(float(np.percentile(a, 99)), 3), "mean_ms": round(float(a.mean()), 3),
             "max_ms": round(float(a.max()), 3)}  # fmt: skip
+
+
+def timed(call: Callable[[Any], Any], items: list[Any]) -> tuple[list[float], list[Any]]:
+    """``call`` on each item, one at a time: the wall time of each call in ms, and what it returned."""
+    ms, out = [], []
+    for item in items:
+        t0 = time.perf_counter()
+        out.append(call(item))
+        ms.append((time.perf_counter() - t0) * 1000)
+    return ms, out
+
+
+def image_query_latency(engine: SearchEngine, photos: list[Path]) -> dict[str, Any]:
+    """End-to-end latency of a photo query (the top 10), one photo at a time."""
+    ms, _ = timed(lambda p: engine.search_image(p, 10), photos)
+    return {"k": 10, "end_to_end": percentiles(ms), "note": "decode + resize + backbone + projection + search, one photo at a time"}
 
 
 def main() -> None:
@@ -112,11 +130,7 @@ def main() -> None:
         search.append((t2 - t1) * 1000)
         found += any(p.path == image for p, _ in hits)
     # The public call, end to end, as the CLI and the service make it.
-    public = []
-    for _, caption in queries:
-        t0 = time.perf_counter()
-        engine.search_text(caption, 10)
-        public.append((time.perf_counter() - t0) * 1000)
+    public, _ = timed(lambda caption: engine.search_text(caption, 10), [caption for _, caption in queries])
     result["text_query"] = {
         "k": 10,
         "photos_searched": len(engine.index),
@@ -126,14 +140,7 @@ def main() -> None:
         "found_own_photo_in_top10": round(100 * found / len(queries), 1),
         "queries": "dev-split captions, random sample (seed 0), one at a time",
     }
-    photos = rng.sample([images / p.path for p in engine.index.photos], args.image_queries)
-    img_ms = []
-    for p in photos:
-        t0 = time.perf_counter()
-        engine.search_image(p, 10)
-        img_ms.append((time.perf_counter() - t0) * 1000)
-    result["image_query"] = {"k": 10, "end_to_end": percentiles(img_ms),
-                             "note": "decode + resize + backbone + projection + search, one photo at a time"}  # fmt: skip
+    result["image_query"] = image_query_latency(engine, rng.sample([images / p.path for p in engine.index.photos], args.image_queries))
     result["torch_threads"] = torch.get_num_threads()
     if args.note:
         result["note"] = args.note

@@ -13,7 +13,13 @@ import torch
 from PIL import Image
 
 from itmatch.errors import ItmatchError
-from itmatch.features.backbones import backbone_spec, file_sha256, get_backbone, weights_identity
+from itmatch.features.backbones import (
+    backbone_spec,
+    checkpoint_activations,
+    file_sha256,
+    get_backbone,
+    weights_identity,
+)
 from itmatch.features.efficientnet_lite import (
     LITE_VARIANTS,
     EfficientNetLite1,
@@ -118,3 +124,42 @@ def test_new_backbones_classify_flickr8k_cats_and_dogs(lite, shared_data):
     for name, classes in zip(names, top5, strict=True):
         expected = IMAGENET_CATS if name in CAT_PHOTOS else IMAGENET_DOGS
         assert classes[0] in expected, f"{lite.name} {name}: top-5 ImageNet classes {classes}"
+
+
+def _grads_and_saved_bytes(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """One forward + backward in train mode (drop-connect active) from a fixed RNG state: the
+    output, every parameter's gradient, and the bytes autograd kept for backward."""
+    saved = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal saved
+        saved += t.numel() * t.element_size()
+        return t
+
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(0)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net(x)
+    out.square().sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, saved
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_far_less():
+    net = get_backbone("efficientnet_lite0").train().to(memory_format=torch.channels_last)
+    assert all(b.drop_connect_rate >= 0 for b in net._blocks) and net._blocks[-1].drop_connect_rate > 0
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1)).to(memory_format=torch.channels_last)
+    out, grads, kept = _grads_and_saved_bytes(net, x)
+    checkpoint_activations(net)
+    out_ckpt, grads_ckpt, kept_ckpt = _grads_and_saved_bytes(net, x)
+    # The recomputed forward runs the same kernels on the same inputs, with drop-connect's random
+    # masks replayed: the same numbers, not close ones.
+    torch.testing.assert_close(out_ckpt, out, rtol=0, atol=0)
+    assert grads_ckpt.keys() == grads.keys() and len(grads) > 100  # every trunk parameter (not the classifier)
+    for name, g in grads.items():
+        torch.testing.assert_close(grads_ckpt[name], g, rtol=0, atol=0, msg=name)
+    assert kept_ckpt < kept / 4, (kept_ckpt, kept)
+
+
+def test_activation_checkpointing_refuses_a_backbone_without_it():
+    with pytest.raises(ItmatchError, match="EfficientNet-Lite"):
+        checkpoint_activations(torch.nn.Linear(2, 2))

@@ -21,12 +21,14 @@ import itmatch.training.data as data_mod
 from itmatch.cli import main
 from itmatch.data import load_corpus
 from itmatch.errors import ItmatchError
-from itmatch.features.backbones import backbone_spec
+from itmatch.features.backbones import backbone_spec, get_backbone
 from itmatch.inference import Matcher
 from itmatch.training.config import load_config
 from itmatch.training.data import train_val_corpora, training_data
 from itmatch.training.photos import TRAIN_CROP_SCALE
 from itmatch.training.trainer import train
+
+from conftest import tiny_overrides
 
 SIZE = 32
 COLOURS = ["red", "green", "blue", "yellow"]
@@ -359,3 +361,27 @@ def test_photo_runs_need_photos_and_a_matching_feature_folder(tmp_path, precomp_
                       overrides(photos, tmp_path / "cache", "data.features=none"))  # fmt: skip
     with pytest.raises(ConfigError, match="data.features: none"):
         train(cfg, tmp_path / "run2")
+
+
+def test_backbone_checkpointing_trains_the_same_weights(tmp_path, photos):
+    stages = [dict(FINETUNE, name="ft")]
+    runs = {}
+    for flag in ("false", "true"):
+        cfg = load_config(recipe(tmp_path, stages), overrides(photos, tmp_path / "cache", f"training.backbone_checkpointing={flag}"))
+        train(cfg, tmp_path / flag)
+        runs[flag] = torch.load(tmp_path / flag / "checkpoints" / "last.pt", weights_only=True)["model"]
+    assert runs["true"].keys() == runs["false"].keys()
+    for k, v in runs["false"].items():
+        torch.testing.assert_close(runs["true"][k], v, rtol=0, atol=0, msg=k)
+    # ... and the backbone did train (drop-connect on: the recomputed forward replayed its masks).
+    pretrained = get_backbone("efficientnet_lite0").state_dict()
+    prefix = "image_encoder.backbone."
+    moved = [k for k, v in runs["true"].items() if k.startswith(prefix) and v.is_floating_point()
+             and not torch.equal(v, pretrained[k[len(prefix):]])]  # fmt: skip
+    assert len(moved) > 100, len(moved)
+
+
+def test_backbone_checkpointing_needs_a_backbone(tmp_path, precomp_data):
+    cfg = load_config("vsepp", tiny_overrides(precomp_data, "stages.0.epochs=1", "stages.1.epochs=0", "training.backbone_checkpointing=true"))
+    with pytest.raises(ItmatchError, match=r"training.backbone_checkpointing: the model has no backbone"):
+        train(cfg, tmp_path / "run")

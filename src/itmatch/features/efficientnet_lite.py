@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from itmatch.errors import ItmatchError
 from itmatch.features.preprocess import Normalization
@@ -203,6 +204,10 @@ class EfficientNetLite(nn.Module):
     feature_dim = _HEAD_CHANNELS
     num_classes = 1000
     normalization = LITE0_NORMALIZATION
+    # Activation checkpointing: when gradients are recorded, keep only the input of the stem, of
+    # every block and of the head, and recompute each segment's activations in backward (one
+    # more forward pass for a fraction of the memory; the same gradients, drop-connect included).
+    checkpoint_segments = False
 
     def __init__(self, variant: str = "efficientnet_lite0", drop_connect_rate: float = 0.2, dropout: float = 0.2):
         super().__init__()
@@ -226,9 +231,19 @@ class EfficientNetLite(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """N x 1280 x H/32 x W/32 activations before pooling."""
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
-            x = block(x)
+        segments = [self._stem, *self._blocks, self._head]
+        if self.checkpoint_segments and torch.is_grad_enabled():
+            for segment in segments:
+                x = checkpoint(segment, x, use_reentrant=False)  # replays the RNG state for drop-connect
+            return x
+        for segment in segments:
+            x = segment(x)
+        return x
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def _head(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn1(self._conv_head(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -61,6 +61,9 @@ DEFAULTS: dict[str, Any] = {
         # Keep freed memory in the process (itmatch.memory.retain_freed_memory; Linux, glibc):
         # auto = on a CPU device when a stage trains a backbone on photos.
         "retain_memory": "auto",
+        # Recompute the backbone's activations in backward (photo stages): the same gradients for
+        # a fraction of the memory, at about one more forward pass (docs/training.md).
+        "backbone_checkpointing": False,
     },
     "stages": [],
 }
@@ -117,6 +120,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
         "accumulate": Int(min=1),
         "threads": Int(min=1, nullable=True),
         "retain_memory": Choice(("auto", True, False)),
+        "backbone_checkpointing": Bool(),
     },
 }
 
@@ -262,7 +266,7 @@ def load_config(
 # a different run than its checkpoints, so it is refused.
 RESUMABLE_KEYS = frozenset({
     "training.device", "training.threads", "training.num_workers", "training.eval_batch_size", "training.retain_memory",
-    "training.log_every", "training.checkpoint_every", "data.feature_cache",
+    "training.backbone_checkpointing", "training.log_every", "training.checkpoint_every", "data.feature_cache",
 })  # fmt: skip
 
 

@@ -35,6 +35,7 @@ import yaml
 from itmatch.checkpoints import load_checkpoint, save_checkpoint
 from itmatch.device import pick_device
 from itmatch.errors import ConfigError, ItmatchError
+from itmatch.features.backbones import checkpoint_activations
 from itmatch.fileio import atomic_write_text, exclusive_lock, remove_stale_temp_files
 from itmatch.losses import classifier_accuracy, dann_lambda
 from itmatch.memory import retain_freed_memory
@@ -282,6 +283,17 @@ def _train_in(
         torch.set_num_threads(threads)
 
 
+def _checkpoint_backbone(model: JointModel) -> None:
+    """``training.backbone_checkpointing``: the backbone recomputes its activations in backward."""
+    backbone = model.image_encoder.backbone
+    if backbone is None:
+        raise ConfigError("training.backbone_checkpointing: the model has no backbone (set model.backbone, or leave this false)")
+    try:
+        checkpoint_activations(backbone)
+    except ItmatchError as e:
+        raise ConfigError(f"training.backbone_checkpointing: {e}") from None
+
+
 def _retains_memory(setting: str | bool, device: torch.device, stages: list[Stage], data: dict[str, Any]) -> bool:
     """``training.retain_memory``: True / False, or ``auto``: on a CPU device when photos may go
     through the CNN in this process: a data set of photos (not ``precomp``) and a stage that
@@ -324,6 +336,8 @@ def _train(
 
     model = build_model(cfg["model"], vocab_size=len(vocab), feature_dim=data.feature_dim).to(device)
     data.attach(model)  # before any weights are loaded: snapshots the pretrained backbone, freezes BN statistics
+    if tcfg.get("backbone_checkpointing", False):
+        _checkpoint_backbone(model)
     # The same initial weights everywhere (built from the global seed), then one stream per rank.
     seed_everything(rank_seed(seed, info.rank))
     progress_state = Progress()
