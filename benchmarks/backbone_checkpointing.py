@@ -2,11 +2,12 @@
 fine-tuning step: EfficientNet-Lite2 forward + backward on photos of 380 px (the best recipe's
 photo size), train mode, channels-last, freed memory kept (``training.retain_memory``), one thread.
 
-    .venv/bin/python benchmarks/backbone_checkpointing.py [--steps 2] [--batches 16 32] [--checkpointed 128]
+    .venv/bin/python benchmarks/backbone_checkpointing.py [--steps 2] [--batches 16 32] [--checkpointed 64 128]
 
 Every case runs in a child process of its own (peak memory is per process): batch sizes
-``--batches`` without and with checkpointing, then ``--checkpointed`` with it only (at batch 128
-the activations without it do not fit this 24 GB machine: the batch-32 peak times 4). Per case:
+``--batches`` without and with checkpointing, then ``--checkpointed`` with it only (without it the
+activations of 64 or 128 photos cannot fit a 24 GB machine: the batch-32 peak is 11.8 GB); a case
+the kernel kills for memory is recorded as failed. Per case:
 seconds per step (median of the timed steps, after one warm-up step), CPU seconds and page faults
 per step, and the child's peak resident memory; with the epoch time that step implies for the best
 recipe's 27,500 caption rows at batch 128. Writes benchmarks/results/backbone_checkpointing.json
@@ -50,7 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=2, help="timed steps per case (after one warm-up)")
     ap.add_argument("--batches", type=int, nargs="*", default=[16, 32], help="batch sizes measured both ways")
-    ap.add_argument("--checkpointed", type=int, nargs="*", default=[128], help="batch sizes measured with checkpointing only")
+    ap.add_argument("--checkpointed", type=int, nargs="*", default=[64, 128], help="batch sizes measured with checkpointing only")
     ap.add_argument("--child", nargs=2, type=int, metavar=("BATCH", "CHECKPOINTED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -61,15 +62,22 @@ def main() -> None:
     for batch, checkpointed in cases:
         name = f"b{batch}_{'checkpointed' if checkpointed else 'plain'}"
         cmd = [sys.executable, __file__, "--child", str(batch), str(int(checkpointed)), "--steps", str(args.steps)]
-        result = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
-        result["photos_per_s"] = round(batch / result["step_s"], 2)
-        result["epoch_h_at_this_rate"] = round(EPOCH_ROWS / result["photos_per_s"] / 3600, 2)
+        run = subprocess.run(cmd, capture_output=True, text=True)
+        if run.returncode != 0:  # -9: killed, on this machine by the kernel when memory ran out
+            result = {"failed": f"exit {run.returncode}" + (" (SIGKILL: out of memory)" if run.returncode == -9 else ""),
+                      "stderr_tail": run.stderr[-500:]}  # fmt: skip
+        else:
+            result = json.loads(run.stdout.strip().splitlines()[-1])
+            result["photos_per_s"] = round(batch / result["step_s"], 2)
+            result["epoch_h_at_this_rate"] = round(EPOCH_ROWS / result["photos_per_s"] / 3600, 2)
         out["cases"][name] = result
         print(name, result, flush=True)
     for batch in args.batches:
         plain, ckpt = out["cases"][f"b{batch}_plain"], out["cases"][f"b{batch}_checkpointed"]
-        out["cases"][f"b{batch}_checkpointed"]["time_ratio"] = round(ckpt["step_s"] / plain["step_s"], 2)
-        out["cases"][f"b{batch}_checkpointed"]["peak_ratio"] = round(ckpt["peak_rss_gb"] / plain["peak_rss_gb"], 2)
+        if "failed" not in plain and "failed" not in ckpt:
+            ckpt["time_ratio"] = round(ckpt["step_s"] / plain["step_s"], 2)
+            ckpt["cpu_time_ratio"] = round(ckpt["user_s_per_step"] / plain["user_s_per_step"], 2)
+            ckpt["peak_ratio"] = round(ckpt["peak_rss_gb"] / plain["peak_rss_gb"], 2)
     out["load_after"] = load_average()
     print(write_result("backbone_checkpointing", out))
 
