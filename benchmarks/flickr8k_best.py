@@ -29,7 +29,8 @@ of one of these; every variant names its photo size (``data.image_size``):
 - ``best_e8`` / ``best_300_e8``: 8 fine-tuning epochs instead of 4 (the cosine then spans 8), at
   260 / 300 px: has the fine-tuning stage converged?
 - ``best_step``: 4 epochs at a constant rate, no warm-up (the schedule of the earlier one-epoch runs);
-- ``best_fp32`` / ``best_300_fp32``: the recipe in float32 at 260 / 300 px (is bf16 as good?);
+- ``best_fp32`` / ``best_300_fp32`` / ``best_380_fp32``: the recipe in float32 at 260 / 300 / 380 px
+  (is bf16 as good? and the control of runs made where bf16 is slow, which then run in float32);
 - ``best_top2`` (at 2e-5) / ``best_top2_lr5e5``: only MiniLM's top 2 layers fine-tuned
   (``model.text_tune_layers=2``): cheaper steps, and an exported model ships those 2 layers
   (7 MB in float16) instead of all 6; ``best_top2_380`` (at 5e-5) / ``best_top2_lr1e4_380``: the
@@ -69,6 +70,7 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_340": (RECIPE, HOLDOUT + BF16 + ["data.image_size=340"], "the recipe on Lite2 features of 340 px photos"),
     "best_frozen_380": (RECIPE, HOLDOUT + ["data.image_size=380", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 380 px photos"),
     "best_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380"], "the recipe as shipped: Lite2 features of 380 px photos"),
+    "best_380_fp32": (RECIPE, HOLDOUT + ["data.image_size=380", "training.precision=fp32"], "best_380 in float32 (the control of runs on a CPU without fast bf16)"),
     "best_frozen_420": (RECIPE, HOLDOUT + ["data.image_size=420", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 420 px photos"),
     "best_420": (RECIPE, HOLDOUT + BF16 + ["data.image_size=420"], "the recipe on Lite2 features of 420 px photos"),
     "best_frozen_460": (RECIPE, HOLDOUT + ["data.image_size=460", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 460 px photos"),
