@@ -22,7 +22,8 @@ ask it of the best model (configs/vse_minilm_ft.yaml, MiniLM fine-tuned), the ad
 MMD penalty on in its fine-tuning stage, against the recipe itself (``best`` / ``best_fp32``,
 copied from results/flickr8k_best.json by ``import-baseline``). The ``gru*`` rows ask it of the GRU
 baseline at its own size (``gru``: configs/vsepp_ref.yaml), with ``gru_miie`` the one-run recipe
-from scratch on the same schedule. The plot shows the Lite0 testbed only.
+from scratch on the same schedule (``_fp32``: the same in float32, for CPUs without fast bf16). The
+plot shows the Lite0 testbed only.
 
 Per run the results hold dev R@1/5/10 both ways, rsum, a fresh linear probe's accuracy,
 the centroid distance, MMD (RBF kernel, one fixed bandwidth sigma = 1.0 for the whole table:
@@ -130,11 +131,20 @@ VARIANTS.update({
     "gru_miie": ("miie", GRU + ["stages.warmup.epochs=0", "stages.hardest.epochs=20", "stages.hardest.lr_decay_epochs=10"],
                  "GRU: the one-run miie recipe from scratch (20 hardest epochs as `gru`, classifier 2, adversarial 6)"),
 })  # fmt: skip
-GRU_ROWS = ("gru", "gru_more", "gru_adv", "gru_mmd", "gru_miie")
-GRU_FROM_BASELINE = ("gru_more", "gru_adv", "gru_mmd")  # these start from the same seed's `gru` run
+# The same in float32 (for a CPU without fast bf16, where `gru_miie` runs in float32): the
+# baseline and the control again, so that the one-run recipe has a control of its own precision
+# and the pair says whether bf16 costs the GRU anything.
+FP32 = ["training.precision=fp32"]
+VARIANTS.update({
+    f"{name}_fp32": (recipe, [o for o in overrides if o not in fb.BF16] + FP32, f"{about}; float32")
+    for name, (recipe, overrides, about) in list(VARIANTS.items()) if name in ("gru", "gru_more", "gru_miie")
+})  # fmt: skip
+GRU_ROWS = ("gru", "gru_more", "gru_adv", "gru_mmd", "gru_miie", "gru_fp32", "gru_more_fp32", "gru_miie_fp32")
+# these start from the same seed's baseline run (of their precision)
+GRU_FROM_BASELINE = {"gru_more": "gru", "gru_adv": "gru", "gru_mmd": "gru", "gru_more_fp32": "gru_fp32"}
 BASE = {name: "minilm" for name in VARIANTS if name not in ("minilm", "miie", "minilm_lite2", *GRU_ROWS) and not name.startswith("ft_")}
 BASE.update({name: "minilm_lite2" for name in ("lite2_more", "lite2_adv", "lite2_mmd")})
-BASE.update({name: "gru" for name in GRU_FROM_BASELINE})
+BASE.update(GRU_FROM_BASELINE)
 LITE2_ROWS = ("minilm_lite2", "lite2_more", "lite2_adv", "lite2_mmd")  # a second testbed: not in the Lite0 plot
 FT_ROWS = ("best", "best_fp32", "ft_adv", "ft_adv_lam001", "ft_mmd")  # a third: the fine-tuned best model at 260 px
 FT300_ROWS = ("best_300", "ft_adv_300", "ft_adv_lam001_300", "ft_mmd_300")  # a fourth: the same at 300 px
@@ -388,6 +398,7 @@ def paired() -> str:
     # The one-run recipes (GRU, MiniLM testbed) against the same seed's control, which has as many
     # ranking epochs before its extra ones.
     for variant, control in (("gru_more", "gru"), ("gru_adv", "gru_more"), ("gru_mmd", "gru_more"), ("gru_miie", "gru_more"),
+                             ("gru_fp32", "gru"), ("gru_more_fp32", "gru_fp32"), ("gru_miie_fp32", "gru_more_fp32"),
                              ("miie", "minilm_more")):  # fmt: skip
         if pairs := seed_pairs(variant, control):
             lines.append(line(f"{variant} - {control} ({'GRU' if variant.startswith('gru') else 'MiniLM testbed'})", pairs))
