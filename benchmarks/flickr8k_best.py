@@ -4,7 +4,7 @@ and its 3-seed figure.
     .venv/bin/python benchmarks/flickr8k_best.py run VARIANT [--seed 0] [--data DIR]
     .venv/bin/python benchmarks/flickr8k_best.py seeds [--data DIR]   # `best_380` over seeds 0, 1, 2
     .venv/bin/python benchmarks/flickr8k_best.py table
-    .venv/bin/python benchmarks/flickr8k_best.py plot                 # -> results/flickr8k_best_curves.png
+    .venv/bin/python benchmarks/flickr8k_best.py plot                 # -> results/flickr8k_best_curves.png, _resolution.png
 
 Every variant is one ``itmatch train --config vse_minilm_ft`` run (no --init-from: the recipe's
 own three stages) with the project's protocol: trained on 5,500 Flickr8k train images, selected
@@ -42,6 +42,7 @@ with its learning curve); runs live in /tmp/itmatch-f8k-baseline/<variant>-seed<
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 import flickr8k_baseline as base
@@ -102,6 +103,48 @@ PLOTTED = ("best_frozen", "best_frozen_300", "best_frozen_340", "best_frozen_380
            "best", "best_300", "best_340", "best_380", "best_420", "best_460", "best_300_e8", "best_380_e8")
 
 
+# Photo size (px) of each variant of the resolution sweep: frozen start and fine-tuned recipe.
+RESOLUTION = {
+    "frozen start (no fine-tuning stage)": {260: "best_frozen", 300: "best_frozen_300", 340: "best_frozen_340", 380: "best_frozen_380",
+                                            420: "best_frozen_420", 460: "best_frozen_460"},
+    "the recipe (MiniLM fine-tuned 4 epochs)": {260: "best", 300: "best_300", 340: "best_340", 380: "best_380", 420: "best_420",
+                                                460: "best_460"},
+}  # fmt: skip
+
+
+def plot_resolution() -> Path:
+    """Dev and validation rsum against photo size, every seed a dot and the mean a line, for the
+    frozen start and the fine-tuned recipe -> results/flickr8k_best_resolution.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = base.load_results(RESULT).get("runs", {}).values()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), sharex=True)
+    for ax, (key, label) in zip(axes, (("dev", "dev rsum (1,000 dev images)"), ("val", "validation rsum (500 held-out train images)")), strict=True):
+        for (what, sizes), colour in zip(RESOLUTION.items(), ("tab:blue", "tab:orange"), strict=True):
+            points = {px: [e["dev_metrics"]["rsum"] if key == "dev" else e["selected"]["val_rsum"] for e in runs if e["variant"] == name]
+                      for px, name in sizes.items()}  # fmt: skip
+            points = {px: v for px, v in points.items() if v}
+            for px, values in points.items():
+                ax.scatter([px] * len(values), values, color=colour, s=18, alpha=0.6)
+            xs = sorted(points)
+            seeds = sorted({len(points[x]) for x in xs})
+            ax.plot(xs, [statistics.fmean(points[x]) for x in xs], color=colour, marker="o",
+                    label=f"{what}, {'/'.join(map(str, seeds))} seeds per size")  # fmt: skip
+        ax.set_xlabel("photo size (px) of the cached Lite2 features")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Flickr8k best recipe (vse_minilm_ft): photo size; dots are seeds, lines their mean", fontsize=10)
+    fig.tight_layout()
+    out = base.RESULTS_DIR / f"{RESULT}_resolution.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def seeds(data: Path) -> None:
     for seed in (0, 1, 2):
         base.run("best_380", seed, data, VARIANTS, {}, RESULT)
@@ -117,7 +160,8 @@ if __name__ == "__main__":
         "Flickr8k best recipe (vse_minilm_ft)",
         extra={
             "seeds": ("the recipe as shipped (`best_380`) over seeds 0, 1, 2, then the table", base.data_argument, lambda args: seeds(args.data)),
-            "plot": ("learning curves of the main variants -> results/flickr8k_best_curves.png", lambda p: None,
-                     lambda args: print(base.plot(RESULT, "Flickr8k best recipe (vse_minilm_ft)", PLOTTED))),
+            "plot": ("learning curves of the main variants -> results/flickr8k_best_curves.png, and rsum against photo size "
+                     "-> results/flickr8k_best_resolution.png", lambda p: None,
+                     lambda args: print(base.plot(RESULT, "Flickr8k best recipe (vse_minilm_ft)", PLOTTED), plot_resolution())),
         },  # fmt: skip
     )

@@ -206,7 +206,7 @@ class EfficientNetLite(nn.Module):
     normalization = LITE0_NORMALIZATION
     # Activation checkpointing: when gradients are recorded, keep only the input of the stem, of
     # every block and of the head, and recompute each segment's activations in backward (one
-    # more forward pass for a fraction of the memory; the same gradients, drop-connect included).
+    # more forward pass for less memory; the same gradients, drop-connect included).
     checkpoint_segments = False
 
     def __init__(self, variant: str = "efficientnet_lite0", drop_connect_rate: float = 0.2, dropout: float = 0.2):

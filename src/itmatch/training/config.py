@@ -59,10 +59,11 @@ DEFAULTS: dict[str, Any] = {
         "accumulate": 1,  # micro-batches per step (negatives then come from the micro-batch only)
         "threads": None,  # torch intra-op threads; None: torch's default (on a busy CPU, 1 can be faster)
         # Keep freed memory in the process (itmatch.memory.retain_freed_memory; Linux, glibc):
-        # auto = on a CPU device when a stage trains a backbone on photos.
+        # auto = on a CPU device when photos go through the CNN in the run's process (a backbone
+        # stage, or features extracted into the cache first, or data.features: none).
         "retain_memory": "auto",
-        # Recompute the backbone's activations in backward (photo stages): the same gradients for
-        # a fraction of the memory, at about one more forward pass (docs/training.md).
+        # Recompute the backbone's activations in backward (photo stages): the same gradients at
+        # about half the peak memory, for about one more forward pass (docs/training.md).
         "backbone_checkpointing": False,
     },
     "stages": [],
