@@ -231,13 +231,10 @@ class EfficientNetLite(nn.Module):
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """N x 1280 x H/32 x W/32 activations before pooling."""
-        segments = [self._stem, *self._blocks, self._head]
-        if self.checkpoint_segments and torch.is_grad_enabled():
-            for segment in segments:
-                x = checkpoint(segment, x, use_reentrant=False)  # replays the RNG state for drop-connect
-            return x
-        for segment in segments:
-            x = segment(x)
+        recompute = self.checkpoint_segments and torch.is_grad_enabled()
+        for segment in (self._stem, *self._blocks, self._head):
+            # checkpoint replays the RNG state, so drop-connect draws the same masks in backward
+            x = checkpoint(segment, x, use_reentrant=False) if recompute else segment(x)
         return x
 
     def _stem(self, x: torch.Tensor) -> torch.Tensor:
