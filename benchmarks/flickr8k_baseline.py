@@ -233,6 +233,13 @@ def record_run(result: str, key: str, entry: dict[str, Any], **blocks: Any) -> N
         write_result(result, kept | blocks | {"plateau_delta_rsum": PLATEAU_DELTA, "runs": dict(sorted(runs.items()))})
 
 
+def record_block(result: str, name: str, value: Any) -> None:
+    """Set the top-level block ``name`` of results/RESULT.json, under the file's lock; its runs stay."""
+    with result_lock(result):
+        kept = {k: v for k, v in load_results(result).items() if k not in RESULT_HEADER}
+        write_result(result, kept | {name: value})
+
+
 COLUMNS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10", "rsum", "probe_acc")
 
 

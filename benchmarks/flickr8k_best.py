@@ -145,6 +145,73 @@ def plot_resolution() -> Path:
     return out
 
 
+# Model ensembles (itmatch.inference.Ensemble: a pair scores the mean of its members' cosines), as
+# SCAN, VSRN and VSE-infinity report them beside single models: name -> member groups (variant,
+# seed); a name with several groups reports their mean and spread (every pair of 3 seeds, say).
+ENSEMBLES: dict[str, list[list[tuple[str, int]]]] = {
+    "best_380 x 2 seeds": [[("best_380", a), ("best_380", b)] for a, b in ((0, 1), (0, 2), (1, 2))],
+    "best_380 x 3 seeds": [[("best_380", s) for s in (0, 1, 2)]],
+    "best_420 x 2 seeds": [[("best_420", a), ("best_420", b)] for a, b in ((0, 1), (0, 2), (1, 2))],
+    "best_420 x 3 seeds": [[("best_420", s) for s in (0, 1, 2)]],
+    "best_380 + best_420 (one seed)": [[("best_380", s), ("best_420", s)] for s in (0, 1, 2)],
+    "best_380 + best_420 x 3 seeds": [[(v, s) for v in ("best_380", "best_420") for s in (0, 1, 2)]],
+}
+
+
+def ensembles(data: Path) -> None:
+    """Score every ENSEMBLES entry whose members' runs exist, on dev and on the validation images
+    (the 500 held-out train images every member selected on), into the result's ``ensembles`` block."""
+    import torch
+
+    from itmatch.data import load_corpus
+    from itmatch.evaluation.runs import embed_run
+    from itmatch.training.config import load_config
+    from itmatch.training.data import train_val_corpora
+
+    torch.set_num_threads(1)
+    runs = base.load_results(RESULT).get("runs", {})
+    dev = load_corpus("flickr8k", str(data), "dev")
+    val = train_val_corpora(load_config(RECIPE, ["data.format=flickr8k", f"data.path={data}", *HOLDOUT])["data"])[1]
+    block = {}
+    for name, groups in ENSEMBLES.items():
+        if not all(f"{v}-seed{s}" in runs and (base.RUNS / f"{v}-seed{s}" / "summary.json").exists() for g in groups for v, s in g):
+            print(f"{name}: skipped (not every member has run)")
+            continue
+        scored = []
+        for group in groups:
+            dirs = [base.RUNS / f"{v}-seed{s}" for v, s in group]
+            on_dev = embed_run(dirs, "dev", corpus=dev)
+            on_val = embed_run(dirs, "dev", corpus=val)
+            scored.append({
+                "members": [f"{v}-seed{s}" for v, s in group],
+                "members_dev_rsum": [runs[f"{v}-seed{s}"]["dev_metrics"]["rsum"] for v, s in group],
+                "dev_metrics": base.dev_scores(on_dev.images, on_dev.texts),
+                "val_rsum": base.dev_scores(on_val.images, on_val.texts)["rsum"],
+            })  # fmt: skip
+            print(f"{name}: {scored[-1]['members']} dev rsum {scored[-1]['dev_metrics']['rsum']:.1f}")
+        block[name] = scored
+    base.record_block(RESULT, "ensembles", block)
+    print(ensemble_table())
+
+
+def ensemble_table() -> str:
+    """Markdown: each ensemble's dev figures (mean ± spread over its member groups) beside its members' mean."""
+    block = base.load_results(RESULT).get("ensembles", {})
+    cols = base.COLUMNS
+    lines = ["| ensemble | groups | models | " + " | ".join(cols) + " | members' dev rsum (mean) | gain | val rsum |",
+             "|" + "---|" * (len(cols) + 6)]  # fmt: skip
+    for name, groups in block.items():
+        def cell(values: list[float]) -> str:
+            return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+        members = [statistics.fmean(g["members_dev_rsum"]) for g in groups]
+        gains = [g["dev_metrics"]["rsum"] - m for g, m in zip(groups, members, strict=True)]
+        lines.append(f"| {name} | {len(groups)} | {len(groups[0]['members'])} | "
+                     + " | ".join(cell([g["dev_metrics"][c] for g in groups]) for c in cols)
+                     + f" | {cell(members)} | {cell(gains)} | {cell([g['val_rsum'] for g in groups])} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def seeds(data: Path) -> None:
     for seed in (0, 1, 2):
         base.run("best_380", seed, data, VARIANTS, {}, RESULT)
@@ -159,6 +226,10 @@ if __name__ == "__main__":
         RESULT,
         "Flickr8k best recipe (vse_minilm_ft)",
         extra={
+            "ensembles": ("score the model ensembles of ENSEMBLES whose members have run (dev and validation), then their table",
+                          base.data_argument, lambda args: ensembles(args.data)),
+            "table": ("markdown tables of every run so far and of the ensembles", lambda p: None,
+                      lambda args: print(base.table(RESULT), ensemble_table(), sep="\n\n")),
             "seeds": ("the recipe as shipped (`best_380`) over seeds 0, 1, 2, then the table", base.data_argument, lambda args: seeds(args.data)),
             "plot": ("learning curves of the main variants -> results/flickr8k_best_curves.png, and rsum against photo size "
                      "-> results/flickr8k_best_resolution.png", lambda p: None,

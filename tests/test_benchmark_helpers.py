@@ -93,3 +93,24 @@ def test_recording_a_run_keeps_the_other_runs_and_a_script_s_own_blocks(common, 
     assert saved["runs"] == {"a-seed0": {"rsum": 3}, "b-seed1": {"rsum": 2}}
     assert saved["extraction"] == {"lite2": 1.5} and saved["mmd_bandwidth"] == 1.0
     assert saved["name"] == "res" and set(saved) >= set(common.RESULT_HEADER)
+
+
+def test_an_ensembles_block_keeps_the_runs_and_its_table_reports_the_gain_over_the_members(common, monkeypatch):
+    import flickr8k_baseline as base
+    import flickr8k_best as best
+
+    monkeypatch.setattr(base, "RESULTS_DIR", common.RESULTS_DIR)
+    monkeypatch.setattr(best, "RESULT", "res")
+    base.record_run("res", "a-seed0", {"rsum": 3})
+    metrics = {c: 10.0 for c in base.COLUMNS}
+    groups = [{"members": ["a-seed0", "a-seed1"], "members_dev_rsum": [300.0, 304.0], "dev_metrics": metrics | {"rsum": 310.0}, "val_rsum": 350.0},
+              {"members": ["a-seed0", "a-seed2"], "members_dev_rsum": [300.0, 306.0], "dev_metrics": metrics | {"rsum": 314.0}, "val_rsum": 352.0}]  # fmt: skip
+    base.record_block("res", "ensembles", {"a x 2": groups})
+    base.record_run("res", "a-seed1", {"rsum": 4})  # a later run keeps the block
+    saved = json.loads((common.RESULTS_DIR / "res.json").read_text())
+    assert saved["ensembles"] == {"a x 2": groups} and set(saved["runs"]) == {"a-seed0", "a-seed1"}
+    row = best.ensemble_table().splitlines()[2].split(" | ")
+    # rsum 312 ± 2.8 over the 2 pairs; members 302 and 303 (mean 302.5 ± 0.7); gains 8 and 11
+    assert row[:3] == ["| a x 2", "2", "2"]
+    assert row[3 + base.COLUMNS.index("rsum")] == "312.0 ± 2.8"
+    assert row[-3:] == ["302.5 ± 0.7", "9.5 ± 2.1", "351.0 ± 1.4 |"]

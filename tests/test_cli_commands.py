@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from itmatch.cli import main
 
@@ -48,8 +49,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def slow_recall(im: np.ndarray, tx: np.ndarray) -> dict[str, float]:
     """R@1/5/10 both ways and rsum by full argsort per query (tie-free float scores)."""
-    sims = im.astype(np.float64) @ tx.astype(np.float64).T
-    n = len(im)
+    return slow_recall_of(im.astype(np.float64) @ tx.astype(np.float64).T)
+
+
+def slow_recall_of(sims: np.ndarray) -> dict[str, float]:
+    """:func:`slow_recall` of an N x 5N similarity matrix."""
+    n = len(sims)
     i2t = [
         min(int(np.where(np.argsort(-sims[i]) == c)[0][0]) for c in range(5 * i, 5 * i + 5)) for i in range(n)
     ]
@@ -194,3 +199,46 @@ def test_evaluate_center_scores_each_modality_minus_its_mean(tiny_run, tmp_path,
     # renormalising moves the means again, so the gap is smaller, not zero: exactly the by-hand one
     assert centred["centroid_dist"] == pytest.approx(centroid_distance(im, tx), abs=1e-5)
     assert centred["centroid_dist"] < raw["centroid_dist"]
+
+
+def test_evaluate_two_runs_scores_the_mean_of_their_similarities(tiny_run, tmp_path, capsys):
+    run, data = tiny_run
+    other = tmp_path / "seed1"  # a second model: the same recipe from another seed
+    assert main(["train", "--config", "vsepp", "--out", str(other), *data_flags(data), "--quiet",
+                 *set_flags([*TINY_SETS, "seed=1"])]) == 0  # fmt: skip
+    sims = []
+    for i, member in enumerate((run, other)):
+        assert main(["evaluate", str(member), "--split", "test", "--save-emb", str(tmp_path / f"m{i}"), "--json"]) == 0
+        capsys.readouterr()
+        sims.append(np.load(tmp_path / f"m{i}_images.npy").astype(np.float64) @ np.load(tmp_path / f"m{i}_texts.npy").astype(np.float64).T)
+    assert not np.allclose(sims[0], sims[1], atol=1e-3)  # two different models
+
+    assert main(["evaluate", str(run), str(other), "--split", "test", "--save-emb", str(tmp_path / "ens"), "--json"]) == 0
+    ensemble = json.loads(capsys.readouterr().out)
+    im, tx = np.load(tmp_path / "ens_images.npy"), np.load(tmp_path / "ens_texts.npy")
+    assert im.shape == (60, 64) and tx.shape == (300, 64)  # the members' 32 dimensions side by side
+    np.testing.assert_allclose(np.linalg.norm(tx, axis=1), 1.0, atol=1e-5)
+    mean = (sims[0] + sims[1]) / 2  # by hand: each pair scores the mean of the two cosines
+    np.testing.assert_allclose(im.astype(np.float64) @ tx.astype(np.float64).T, mean, atol=1e-5)
+    for key, value in slow_recall_of(mean).items():
+        assert ensemble[key] == pytest.approx(value, abs=1e-9), key
+
+    assert main(["evaluate", str(run), str(other), "--split", "test", "--no-invariance"]) == 0
+    assert f"ensemble of 2 models ({run}, {other})" in capsys.readouterr().err
+
+
+def test_an_ensemble_names_itself_and_needs_two_models(tiny_run):
+    from itmatch.errors import ItmatchError
+    from itmatch.inference import Ensemble, Matcher
+
+    run, _ = tiny_run
+    one = Matcher.from_run(run)
+    with pytest.raises(ItmatchError, match="at least 2 models, got 1"):
+        Ensemble([one])
+    pair = Ensemble.from_runs([run, run / "checkpoints" / "last.pt"])
+    assert pair.embed_dim == 2 * one.embed_dim
+    assert pair.identity["checkpoint_sha256"] not in {m.sha256 for m in pair.members}
+    assert pair.identity["recipe"] == "ensemble(vsepp, vsepp)"
+    texts = ["a dog runs", "two people on a bench"]
+    by_hand = torch.cat([m.embed_texts(texts) for m in pair.members], dim=1) / 2**0.5
+    torch.testing.assert_close(pair.embed_texts(texts), by_hand)

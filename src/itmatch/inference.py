@@ -6,6 +6,7 @@ training loop.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -185,3 +186,60 @@ class Matcher:
             features = corpus_features(corpus, self.config["data"], progress=progress, device=self.device, grid=grid)
             images = self.embed_features(features)
         return images, self.embed_texts(corpus.flat_captions())
+
+
+class Ensemble:
+    """Several trained models as one matcher: a sentence-photo pair scores the mean of the
+    members' cosine similarities (the model ensembles reported beside single models by SCAN,
+    VSRN and VSE-infinity).
+
+    Each embedding is the concatenation of the members' unit vectors scaled by 1/sqrt(k), so it is
+    a unit vector whose dot product with another is exactly that mean: recall, the invariance
+    metrics and saved embeddings take it as they take one model's (k x d wide). Every member
+    embeds the photos through its own backbone or cached features, so members may differ in
+    backbone, photo size or encoders; they must share the data they are scored on.
+    """
+
+    def __init__(self, members: Sequence[Matcher]):
+        if len(members) < 2:
+            raise ItmatchError(f"an ensemble needs at least 2 models, got {len(members)}")
+        self.members = list(members)
+        self.scale = 1.0 / len(self.members) ** 0.5
+
+    @classmethod
+    def from_runs(cls, runs: Sequence[str | Path], checkpoint: str = "best", device: str | torch.device = "auto") -> Ensemble:
+        """Members from run folders, checkpoint files, exported folders or installed model names
+        (anything :meth:`Matcher.from_run` reads), each at its ``checkpoint``."""
+        return cls([Matcher.from_run(run, checkpoint, device=device) for run in runs])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The first member's config: where :func:`itmatch.evaluation.runs.embed_run` finds the data."""
+        return self.members[0].config
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.members[0].checkpoint
+
+    @property
+    def identity(self) -> dict[str, str]:
+        digest = hashlib.sha256(" ".join(m.sha256 for m in self.members).encode()).hexdigest()
+        return {"checkpoint_sha256": digest, "recipe": "ensemble(" + ", ".join(str(m.config.get("name", "")) for m in self.members) + ")",
+                "checkpoint": " + ".join(str(m.checkpoint) for m in self.members)}  # fmt: skip
+
+    @property
+    def embed_dim(self) -> int:
+        return sum(m.embed_dim for m in self.members)
+
+    def _join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.normalize(p.float(), dim=1) for p in parts], dim=1) * self.scale
+
+    def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
+        return self._join([m.embed_texts(texts, batch_size) for m in self.members])
+
+    def embed_images(self, images: Sequence[str | Path | Any], batch_size: int = 32) -> torch.Tensor:
+        return self._join([m.embed_images(images, batch_size) for m in self.members])
+
+    def embed_corpus(self, corpus: Corpus, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [m.embed_corpus(corpus, progress=progress) for m in self.members]
+        return self._join([im for im, _ in pairs]), self._join([tx for _, tx in pairs])

@@ -21,7 +21,8 @@ from itmatch.evaluation.recall import METRIC_KEYS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", nargs="?", help="run folder, checkpoint file, exported model folder or model name (itmatch models) to evaluate")
+    p.add_argument("run", nargs="*", help="run folder, checkpoint file, exported model folder or model name (itmatch models) to "
+                   "evaluate; two or more are scored as one ensemble (the mean of their cosine similarities)")  # fmt: skip
     p.add_argument("--checkpoint", default="best", help="best | last | a file name in the run's checkpoints/")
     p.add_argument("--split", default="test", help="split to score (default: test)")
     add_data_arguments(p)
@@ -101,11 +102,14 @@ def run(args: argparse.Namespace) -> int:
         source = f"{args.image_emb} + {args.text_emb}"
     elif args.run:
         embedded = embed_run(
-            args.run, args.split, checkpoint=args.checkpoint, data=data_config_with_args({}, args),
+            args.run[0] if len(args.run) == 1 else args.run, args.split, checkpoint=args.checkpoint, data=data_config_with_args({}, args),
             device=args.device, progress=not args.json,
         )  # fmt: skip
         im, tx, corpus = embedded.images, embedded.texts, embedded.corpus
-        source = f"{args.run} ({embedded.matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
+        if len(args.run) == 1:
+            source = f"{args.run[0]} ({embedded.matcher.checkpoint.name}) on {corpus.name}/{corpus.split}"
+        else:
+            source = f"ensemble of {len(args.run)} models ({', '.join(args.run)}) on {corpus.name}/{corpus.split}"
     else:
         raise ItmatchError("nothing to evaluate: give a run folder or --image-emb/--text-emb")
 

@@ -6,7 +6,7 @@ they load the same checkpoint the same way and report the same metrics.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,21 +16,21 @@ import torch
 from itmatch.data import Corpus
 
 if TYPE_CHECKING:
-    from itmatch.inference import Matcher
+    from itmatch.inference import Ensemble, Matcher
 
 
 @dataclass
 class RunEmbeddings:
-    """One split embedded by one checkpoint: N image rows, 5N caption rows in image order."""
+    """One split embedded by one checkpoint (or an ensemble): N image rows, 5N caption rows in image order."""
 
-    matcher: Matcher
+    matcher: Matcher | Ensemble
     corpus: Corpus
     images: torch.Tensor
     texts: torch.Tensor
 
 
 def embed_run(
-    run: str | Path,
+    run: str | Path | Sequence[str | Path],
     split: str,
     *,
     checkpoint: str = "best",
@@ -43,12 +43,16 @@ def embed_run(
 
     ``data``: entries that replace the run's own ``data`` config (to score another data set, e.g.
     ``{"format": "coco", "path": ...}``); ``corpus``: an already loaded corpus to embed instead
-    (``split`` and ``data`` are then not read).
+    (``split`` and ``data`` are then not read). ``run`` may be a list of runs: they are scored as
+    one :class:`~itmatch.inference.Ensemble` (the mean of their similarities) on the first one's data.
     """
     from itmatch.data.splits import load_split
-    from itmatch.inference import Matcher
+    from itmatch.inference import Ensemble, Matcher
 
-    matcher = Matcher.from_run(run, checkpoint, device=device)
+    if isinstance(run, (str, Path)):
+        matcher: Matcher | Ensemble = Matcher.from_run(run, checkpoint, device=device)
+    else:
+        matcher = Ensemble.from_runs(run, checkpoint, device=device)
     if corpus is None:
         corpus = load_split({**matcher.config["data"], **(data or {})}, split)
     images, texts = matcher.embed_corpus(corpus, progress=progress)
