@@ -2,7 +2,7 @@
 fine-tuning step: EfficientNet-Lite2 forward + backward on photos of 380 px (the best recipe's
 photo size), train mode, channels-last, freed memory kept (``training.retain_memory``), one thread.
 
-    .venv/bin/python benchmarks/backbone_checkpointing.py [--steps 2] [--batches 16 32] [--checkpointed 64 128]
+    .venv/bin/python benchmarks/backbone_checkpointing.py [--steps 2] [--batches 16 32] [--checkpointed 64 128] [--precision bf16]
 
 Every case runs in a child process of its own (peak memory is per process): batch sizes
 ``--batches`` without and with checkpointing, then ``--checkpointed`` with it only (without it the
@@ -11,7 +11,9 @@ the kernel kills for memory is recorded as failed. Per case:
 seconds per step (median of the timed steps, after one warm-up step), CPU seconds and page faults
 per step, and the child's peak resident memory; with the epoch time that step implies for the best
 recipe's 27,500 caption rows at batch 128. Writes benchmarks/results/backbone_checkpointing.json
-(with the load average: on a busy machine the seconds grow, the memory does not).
+(with the load average: on a busy machine the seconds grow, the memory does not);
+``--precision bf16`` runs every step under bf16 autocast (what the benchmarks train in where the
+CPU computes bf16 fast) and writes backbone_checkpointing_bf16.json.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ BACKBONE, SIZE = "efficientnet_lite2", 380
 EPOCH_ROWS = 27_500  # the best recipe's training caption rows (5,500 photos x 5)
 
 
-def child(batch: int, checkpointed: bool, steps: int) -> dict[str, float | bool]:
+def child(batch: int, checkpointed: bool, steps: int, precision: str) -> dict[str, float | bool]:
     import torch
 
     from itmatch.features.backbones import checkpoint_activations, get_backbone
@@ -42,7 +44,9 @@ def child(batch: int, checkpointed: bool, steps: int) -> dict[str, float | bool]
 
     def step() -> None:
         net.zero_grad(set_to_none=True)
-        net(x).sum().backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            y = net(x)
+        y.float().sum().backward()
 
     return {"retain_applied": retained, **time_steps(step, steps)}
 
@@ -52,16 +56,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2, help="timed steps per case (after one warm-up)")
     ap.add_argument("--batches", type=int, nargs="*", default=[16, 32], help="batch sizes measured both ways")
     ap.add_argument("--checkpointed", type=int, nargs="*", default=[64, 128], help="batch sizes measured with checkpointing only")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16: every step under bf16 autocast")
     ap.add_argument("--child", nargs=2, type=int, metavar=("BATCH", "CHECKPOINTED"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child[0], bool(args.child[1]), args.steps)))
+        print(json.dumps(child(args.child[0], bool(args.child[1]), args.steps, args.precision)))
         return
     cases = [(b, c) for b in args.batches for c in (False, True)] + [(b, True) for b in args.checkpointed]
-    out: dict = {"backbone": BACKBONE, "image_size": SIZE, "threads": 1, "steps": args.steps, "load_before": load_average(), "cases": {}}
+    out: dict = {"backbone": BACKBONE, "image_size": SIZE, "precision": args.precision, "threads": 1, "steps": args.steps, "load_before": load_average(), "cases": {}}
     for batch, checkpointed in cases:
         name = f"b{batch}_{'checkpointed' if checkpointed else 'plain'}"
-        cmd = [sys.executable, __file__, "--child", str(batch), str(int(checkpointed)), "--steps", str(args.steps)]
+        cmd = [sys.executable, __file__, "--child", str(batch), str(int(checkpointed)), "--steps", str(args.steps), "--precision", args.precision]
         run = subprocess.run(cmd, capture_output=True, text=True)
         if run.returncode != 0:  # -9: killed, on this machine by the kernel when memory ran out
             result = {"failed": f"exit {run.returncode}" + (" (SIGKILL: out of memory)" if run.returncode == -9 else ""),
@@ -79,7 +84,7 @@ def main() -> None:
             ckpt["cpu_time_ratio"] = round(ckpt["user_s_per_step"] / plain["user_s_per_step"], 2)
             ckpt["peak_ratio"] = round(ckpt["peak_rss_gb"] / plain["peak_rss_gb"], 2)
     out["load_after"] = load_average()
-    print(write_result("backbone_checkpointing", out))
+    print(write_result("backbone_checkpointing" + ("_bf16" if args.precision == "bf16" else ""), out))
 
 
 if __name__ == "__main__":
