@@ -164,14 +164,25 @@ def ensembles(data: Path) -> None:
     import torch
 
     from itmatch.data import load_corpus
+    from itmatch.evaluation.recall import evaluate_embeddings
     from itmatch.evaluation.runs import embed_run
+    from itmatch.inference import join_embeddings
     from itmatch.training.config import load_config
     from itmatch.training.data import train_val_corpora
 
     torch.set_num_threads(1)
     runs = base.load_results(RESULT).get("runs", {})
-    dev = load_corpus("flickr8k", str(data), "dev")
-    val = train_val_corpora(load_config(RECIPE, ["data.format=flickr8k", f"data.path={data}", *HOLDOUT])["data"])[1]
+    corpora = {"dev": load_corpus("flickr8k", str(data), "dev"),
+               "val": train_val_corpora(load_config(RECIPE, ["data.format=flickr8k", f"data.path={data}", *HOLDOUT])["data"])[1]}  # fmt: skip
+    embedded: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}  # (member, split) -> its embeddings, once
+
+    def joined(members: list[str], split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        for m in members:
+            if (m, split) not in embedded:
+                e = embed_run(base.RUNS / m, split, corpus=corpora[split])
+                embedded[m, split] = (e.images, e.texts)
+        return join_embeddings([embedded[m, split][0] for m in members]), join_embeddings([embedded[m, split][1] for m in members])
+
     block = {}
     for name, groups in ENSEMBLES.items():
         if not all(f"{v}-seed{s}" in runs and (base.RUNS / f"{v}-seed{s}" / "summary.json").exists() for g in groups for v, s in g):
@@ -179,14 +190,13 @@ def ensembles(data: Path) -> None:
             continue
         scored = []
         for group in groups:
-            dirs = [base.RUNS / f"{v}-seed{s}" for v, s in group]
-            on_dev = embed_run(dirs, "dev", corpus=dev)
-            on_val = embed_run(dirs, "dev", corpus=val)
+            members = [f"{v}-seed{s}" for v, s in group]
             scored.append({
-                "members": [f"{v}-seed{s}" for v, s in group],
-                "members_dev_rsum": [runs[f"{v}-seed{s}"]["dev_metrics"]["rsum"] for v, s in group],
-                "dev_metrics": base.dev_scores(on_dev.images, on_dev.texts),
-                "val_rsum": base.dev_scores(on_val.images, on_val.texts)["rsum"],
+                "members": members,
+                "members_dev_rsum": [runs[m]["dev_metrics"]["rsum"] for m in members],
+                "dev_metrics": base.dev_scores(*joined(members, "dev")),
+                "val_rsum": evaluate_embeddings(*joined(members, "val"), protocol="all")["rsum"],
+                "members_val_rsum": [evaluate_embeddings(*joined([m], "val"), protocol="all")["rsum"] for m in members],
             })  # fmt: skip
             print(f"{name}: {scored[-1]['members']} dev rsum {scored[-1]['dev_metrics']['rsum']:.1f}")
         block[name] = scored
@@ -198,8 +208,8 @@ def ensemble_table() -> str:
     """Markdown: each ensemble's dev figures (mean ± spread over its member groups) beside its members' mean."""
     block = base.load_results(RESULT).get("ensembles", {})
     cols = base.COLUMNS
-    lines = ["| ensemble | groups | models | " + " | ".join(cols) + " | members' dev rsum (mean) | gain | val rsum |",
-             "|" + "---|" * (len(cols) + 6)]  # fmt: skip
+    lines = ["| ensemble | groups | models | " + " | ".join(cols) + " | members' dev rsum (mean) | gain | val rsum | members' val rsum |",
+             "|" + "---|" * (len(cols) + 7)]  # fmt: skip
     for name, groups in block.items():
         def cell(values: list[float]) -> str:
             return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
@@ -208,7 +218,8 @@ def ensemble_table() -> str:
         gains = [g["dev_metrics"]["rsum"] - m for g, m in zip(groups, members, strict=True)]
         lines.append(f"| {name} | {len(groups)} | {len(groups[0]['members'])} | "
                      + " | ".join(cell([g["dev_metrics"][c] for g in groups]) for c in cols)
-                     + f" | {cell(members)} | {cell(gains)} | {cell([g['val_rsum'] for g in groups])} |")  # fmt: skip
+                     + f" | {cell(members)} | {cell(gains)} | {cell([g['val_rsum'] for g in groups])} | "
+                     + cell([statistics.fmean(g["members_val_rsum"]) for g in groups]) + " |")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -103,8 +103,8 @@ def test_an_ensembles_block_keeps_the_runs_and_its_table_reports_the_gain_over_t
     monkeypatch.setattr(best, "RESULT", "res")
     base.record_run("res", "a-seed0", {"rsum": 3})
     metrics = {c: 10.0 for c in base.COLUMNS}
-    groups = [{"members": ["a-seed0", "a-seed1"], "members_dev_rsum": [300.0, 304.0], "dev_metrics": metrics | {"rsum": 310.0}, "val_rsum": 350.0},
-              {"members": ["a-seed0", "a-seed2"], "members_dev_rsum": [300.0, 306.0], "dev_metrics": metrics | {"rsum": 314.0}, "val_rsum": 352.0}]  # fmt: skip
+    groups = [{"members": ["a-seed0", "a-seed1"], "members_dev_rsum": [300.0, 304.0], "dev_metrics": metrics | {"rsum": 310.0}, "val_rsum": 350.0, "members_val_rsum": [340.0, 344.0]},
+              {"members": ["a-seed0", "a-seed2"], "members_dev_rsum": [300.0, 306.0], "dev_metrics": metrics | {"rsum": 314.0}, "val_rsum": 352.0, "members_val_rsum": [340.0, 346.0]}]  # fmt: skip
     base.record_block("res", "ensembles", {"a x 2": groups})
     base.record_run("res", "a-seed1", {"rsum": 4})  # a later run keeps the block
     saved = json.loads((common.RESULTS_DIR / "res.json").read_text())
@@ -113,4 +113,4 @@ def test_an_ensembles_block_keeps_the_runs_and_its_table_reports_the_gain_over_t
     # rsum 312 ± 2.8 over the 2 pairs; members 302 and 303 (mean 302.5 ± 0.7); gains 8 and 11
     assert row[:3] == ["| a x 2", "2", "2"]
     assert row[3 + base.COLUMNS.index("rsum")] == "312.0 ± 2.8"
-    assert row[-3:] == ["302.5 ± 0.7", "9.5 ± 2.1", "351.0 ± 1.4 |"]
+    assert row[-4:] == ["302.5 ± 0.7", "9.5 ± 2.1", "351.0 ± 1.4", "342.5 ± 0.7 |"]

@@ -188,6 +188,15 @@ class Matcher:
         return images, self.embed_texts(corpus.flat_captions())
 
 
+def join_embeddings(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """One ensemble embedding from k models' embeddings of the same rows: each row of each part
+    L2-normalised, side by side, scaled by 1/sqrt(k), so that the dot product of two joined rows is
+    the mean of the k cosine similarities (:class:`Ensemble`)."""
+    if not parts:
+        raise ItmatchError("no embeddings to join")
+    return torch.cat([torch.nn.functional.normalize(p.float(), dim=1) for p in parts], dim=1) / len(parts) ** 0.5
+
+
 class Ensemble:
     """Several trained models as one matcher: a sentence-photo pair scores the mean of the
     members' cosine similarities (the model ensembles reported beside single models by SCAN,
@@ -204,7 +213,6 @@ class Ensemble:
         if len(members) < 2:
             raise ItmatchError(f"an ensemble needs at least 2 models, got {len(members)}")
         self.members = list(members)
-        self.scale = 1.0 / len(self.members) ** 0.5
 
     @classmethod
     def from_runs(cls, runs: Sequence[str | Path], checkpoint: str = "best", device: str | torch.device = "auto") -> Ensemble:
@@ -231,15 +239,12 @@ class Ensemble:
     def embed_dim(self) -> int:
         return sum(m.embed_dim for m in self.members)
 
-    def _join(self, parts: Sequence[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([torch.nn.functional.normalize(p.float(), dim=1) for p in parts], dim=1) * self.scale
-
     def embed_texts(self, texts: Sequence[str], batch_size: int = 512) -> torch.Tensor:
-        return self._join([m.embed_texts(texts, batch_size) for m in self.members])
+        return join_embeddings([m.embed_texts(texts, batch_size) for m in self.members])
 
     def embed_images(self, images: Sequence[str | Path | Any], batch_size: int = 32) -> torch.Tensor:
-        return self._join([m.embed_images(images, batch_size) for m in self.members])
+        return join_embeddings([m.embed_images(images, batch_size) for m in self.members])
 
     def embed_corpus(self, corpus: Corpus, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         pairs = [m.embed_corpus(corpus, progress=progress) for m in self.members]
-        return self._join([im for im, _ in pairs]), self._join([tx for _, tx in pairs])
+        return join_embeddings([im for im, _ in pairs]), join_embeddings([tx for _, tx in pairs])
