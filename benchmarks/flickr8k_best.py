@@ -3,6 +3,7 @@ and its 3-seed figure.
 
     .venv/bin/python benchmarks/flickr8k_best.py run VARIANT [--seed 0] [--data DIR]
     .venv/bin/python benchmarks/flickr8k_best.py seeds [--data DIR]   # `best_380` over seeds 0, 1, 2
+    .venv/bin/python benchmarks/flickr8k_best.py ensembles [--data DIR]   # model ensembles of runs made (ENSEMBLES)
     .venv/bin/python benchmarks/flickr8k_best.py table
     .venv/bin/python benchmarks/flickr8k_best.py plot                 # -> results/flickr8k_best_curves.png, _resolution.png
 
@@ -23,6 +24,10 @@ of one of these; every variant names its photo size (``data.image_size``):
 - ``best_frozen_300`` / ``best_300`` (``_340``, ``_380``, ``_420``, ``_460``): Lite2 features of the
   photos at 300 (340, 380, 420, 460) px instead of its native 260 (a CNN trained on random crops often does better a little above its training size:
   Touvron et al., "Fixing the train-test resolution discrepancy", 2019);
+- ``best_frozen_gpo_380`` / ``best_gpo_img_380``: VSE-infinity's image side on the recipe, frozen
+  start and fine-tuned: Lite2's 12 x 12 x 1408 grid of the 380 px photos (a float16 grid store),
+  every cell projected (linear + residual MLP) and pooled by GPO, 20% of the cells dropped in
+  training (``model.image_pool=gpo``); ``best_frozen_380_bf16`` is the frozen control at its precision;
 - ``best_frozen_300_mlp`` / ``best_300_mlp``: the image side projects the pooled feature by a
   linear layer plus a residual MLP (``model.image_head=mlp``, 1280 -> 512 -> 1024 with BatchNorm
   and ReLU; VSE-infinity's head for precomputed features) instead of the linear layer alone;
@@ -72,6 +77,11 @@ VARIANTS: dict[str, tuple[str, list[str], str]] = {
     "best_frozen_380": (RECIPE, HOLDOUT + ["data.image_size=380", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 380 px photos"),
     "best_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380"], "the recipe as shipped: Lite2 features of 380 px photos"),
     "best_380_fp32": (RECIPE, HOLDOUT + ["data.image_size=380", "training.precision=fp32"], "best_380 in float32 (the control of runs on a CPU without fast bf16)"),
+    "best_frozen_380_bf16": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", f"{FT}.epochs=0"], "best_frozen_380 in bf16 (the control of best_frozen_gpo_380)"),
+    "best_frozen_gpo_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", "model.image_pool=gpo", f"{FT}.epochs=0"],
+                            "the frozen start with VSE-infinity's image side: Lite2's 12 x 12 grid of 380 px photos, every cell projected "
+                            "(linear + residual MLP), GPO pooling, 20% of the cells dropped in training"),
+    "best_gpo_img_380": (RECIPE, HOLDOUT + BF16 + ["data.image_size=380", "model.image_pool=gpo"], "best_380 with the grid + GPO image side of best_frozen_gpo_380"),
     "best_frozen_420": (RECIPE, HOLDOUT + ["data.image_size=420", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 420 px photos"),
     "best_420": (RECIPE, HOLDOUT + BF16 + ["data.image_size=420"], "the recipe on Lite2 features of 420 px photos"),
     "best_frozen_460": (RECIPE, HOLDOUT + ["data.image_size=460", f"{FT}.epochs=0"], "best_frozen on Lite2 features of 460 px photos"),
