@@ -226,10 +226,6 @@ class Ensemble:
         return self.members[0].config
 
     @property
-    def checkpoint(self) -> Path:
-        return self.members[0].checkpoint
-
-    @property
     def identity(self) -> dict[str, str]:
         digest = hashlib.sha256(" ".join(m.sha256 for m in self.members).encode()).hexdigest()
         return {"checkpoint_sha256": digest, "recipe": "ensemble(" + ", ".join(str(m.config.get("name", "")) for m in self.members) + ")",
