@@ -179,13 +179,14 @@ def _write(profile_block: dict[str, Any] | None) -> None:
     """Rewrite the results file keeping its runs and the profile (``run`` rewrites only the runs)."""
     from flickr8k_baseline import load_results
 
-    from _common import write_result
+    from _common import result_lock, write_result
 
-    previous = load_results(RESULT)
-    payload = {k: v for k, v in previous.items() if k in ("plateau_delta_rsum", "runs")}
-    if profile_block is not None:
-        payload["profile"] = profile_block
-    write_result(RESULT, payload)
+    with result_lock(RESULT):  # a run recording itself meanwhile keeps its entry
+        previous = load_results(RESULT)
+        payload = {k: v for k, v in previous.items() if k in ("plateau_delta_rsum", "runs")}
+        if profile_block is not None:
+            payload["profile"] = profile_block
+        write_result(RESULT, payload)
 
 
 if __name__ == "__main__":
