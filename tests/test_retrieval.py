@@ -400,3 +400,30 @@ def test_search_command_prints_a_table_and_json(setup, capsys):
     assert "broken.jpg" in capsys.readouterr().err
     assert main(["search", str(setup.index), "--text", "   "]) == 1
     assert "empty" in capsys.readouterr().err
+
+
+def test_an_index_built_by_an_ensemble_reopens_with_it(setup, tmp_path):
+    from itmatch.inference import Ensemble
+
+    pair = Ensemble.from_runs([setup.run, setup.other_run])
+    index = tmp_path / "ensemble-index"
+    build_index(pair, setup.photos, index)
+    engine = SearchEngine.open(index)  # the members recorded in the index, no run given
+    assert [str(m.checkpoint) for m in engine.matcher.members] == [str(m.checkpoint) for m in pair.members]
+    text = "a red circle above a blue square"
+    # a photo's score is the mean of the two models' cosines, computed here model by model
+    photos = [setup.photos / p.path for p in engine.index.photos]
+    by_hand = sum(m.embed_texts([text]) @ m.embed_images(photos).T for m in pair.members)[0] / 2
+    hits = engine.search_text(text, k=3)
+    top = torch.argsort(by_hand, descending=True)[:3]
+    assert [h.path for h in hits] == [engine.index.photos[int(i)].path for i in top]
+    assert [h.score for h in hits] == pytest.approx([float(by_hand[i]) for i in top], abs=1e-5)
+    with pytest.raises(IndexModelMismatchError):  # one member alone is another model
+        SearchEngine.open(index, run=setup.run)
+    moved = tmp_path / "moved"
+    shutil.copytree(index, moved)
+    manifest = json.loads((moved / "index.json").read_text())
+    manifest["model"]["members"][1] = str(tmp_path / "gone.pt")
+    (moved / "index.json").write_text(json.dumps(manifest))
+    with pytest.raises(ItmatchError, match=r"ensemble of 2 models, and the checkpoint\(s\) .*gone.pt are no longer there"):
+        SearchEngine.open(moved)

@@ -226,10 +226,13 @@ class Ensemble:
         return self.members[0].config
 
     @property
-    def identity(self) -> dict[str, str]:
+    def identity(self) -> dict[str, Any]:
+        """As :attr:`Matcher.identity` (the digest covers the members' checkpoints in order), plus
+        ``members``: their checkpoint files, from which a search index reloads the ensemble."""
         digest = hashlib.sha256(" ".join(m.sha256 for m in self.members).encode()).hexdigest()
         return {"checkpoint_sha256": digest, "recipe": "ensemble(" + ", ".join(str(m.config.get("name", "")) for m in self.members) + ")",
-                "checkpoint": " + ".join(str(m.checkpoint) for m in self.members)}  # fmt: skip
+                "checkpoint": " + ".join(str(m.checkpoint) for m in self.members),
+                "members": [str(m.checkpoint) for m in self.members]}  # fmt: skip
 
     @property
     def embed_dim(self) -> int:

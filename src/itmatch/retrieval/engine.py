@@ -81,10 +81,18 @@ class SearchEngine:
         max_query_chars: int = DEFAULT_MAX_QUERY_CHARS,
     ) -> SearchEngine:
         """Load an index and its model: ``run`` (a run folder or checkpoint file), by default the
-        checkpoint recorded in the index when it was built. ``exact`` ignores an approximate index."""
-        from itmatch.inference import Matcher
+        checkpoint recorded in the index when it was built (the members' checkpoints for an index
+        built by an :class:`~itmatch.inference.Ensemble`). ``exact`` ignores an approximate index."""
+        from itmatch.inference import Ensemble, Matcher
 
         index = PhotoIndex.open(index_dir, exact=exact)
+        members = index.model.get("members")
+        if run is None and members:
+            gone = [m for m in members if not Path(m).is_file()]
+            if gone:
+                raise ItmatchError(f"index {index_dir} was built by an ensemble of {len(members)} models, and the "
+                                   f"checkpoint(s) {', '.join(gone)} are no longer there")  # fmt: skip
+            return cls(index, Ensemble.from_runs(members, device=device), max_query_chars=max_query_chars)
         if run is None:
             recorded = index.model.get("checkpoint")
             if not recorded or not Path(recorded).is_file():
