@@ -260,6 +260,11 @@ def precision_of(entries: list[dict[str, Any]]) -> str:
     return "/".join(sorted(found))
 
 
+def mean_spread(values: Sequence[float]) -> str:
+    """A table cell: the mean, and ``± standard deviation`` when there is more than one value."""
+    return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
 def table(result: str = RESULT) -> str:
     runs = load_results(result).get("runs", {})
     by_variant: dict[str, list[dict[str, Any]]] = {}
@@ -268,11 +273,7 @@ def table(result: str = RESULT) -> str:
     head = "| variant | seeds | selection | " + " | ".join(COLUMNS) + " | plateau / epochs | precision | s per epoch (last stage) | total s |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 7)]
     for name, entries in by_variant.items():
-        cells = []
-        for col in COLUMNS:
-            values = [e["dev_metrics"][col] for e in entries]
-            mean = statistics.mean(values)
-            cells.append(f"{mean:.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else ""))
+        cells = [mean_spread([e["dev_metrics"][col] for e in entries]) for col in COLUMNS]
         plateau = "/".join(str(plateau_epoch(e["curve"])) for e in entries)
         epochs = entries[0]["epochs"]
         sec = statistics.mean(last_stage_epoch_s(e["curve"]) for e in entries)

@@ -220,10 +220,8 @@ def ensemble_table() -> str:
     cols = base.COLUMNS
     lines = ["| ensemble | groups | models | " + " | ".join(cols) + " | members' dev rsum (mean) | gain | val rsum | members' val rsum |",
              "|" + "---|" * (len(cols) + 7)]  # fmt: skip
+    cell = base.mean_spread
     for name, groups in block.items():
-        def cell(values: list[float]) -> str:
-            return f"{statistics.fmean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
-
         members = [statistics.fmean(g["members_dev_rsum"]) for g in groups]
         gains = [g["dev_metrics"]["rsum"] - m for g, m in zip(groups, members, strict=True)]
         lines.append(f"| {name} | {len(groups)} | {len(groups[0]['members'])} | "

@@ -87,13 +87,15 @@ class SearchEngine:
 
         index = PhotoIndex.open(index_dir, exact=exact)
         members = index.model.get("members")
-        if run is None and members:
+        if run is not None:
+            matcher: Matcher | Ensemble = Matcher.from_run(run, checkpoint=checkpoint, device=device)
+        elif members:
             gone = [m for m in members if not Path(m).is_file()]
             if gone:
                 raise ItmatchError(f"index {index_dir} was built by an ensemble of {len(members)} models, and the "
                                    f"checkpoint(s) {', '.join(gone)} are no longer there")  # fmt: skip
-            return cls(index, Ensemble.from_runs(members, device=device), max_query_chars=max_query_chars)
-        if run is None:
+            matcher = Ensemble.from_runs(members, device=device)
+        else:
             recorded = index.model.get("checkpoint")
             if not recorded or not Path(recorded).is_file():
                 raise ItmatchError(
@@ -101,8 +103,6 @@ class SearchEngine:
                     "name the run with --run RUN (it must be the same model)"
                 )
             matcher = Matcher.from_run(recorded, device=device)
-        else:
-            matcher = Matcher.from_run(run, checkpoint=checkpoint, device=device)
         return cls(index, matcher, max_query_chars=max_query_chars)
 
     # --- embedding ---
